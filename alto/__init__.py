@@ -1,0 +1,1 @@
+"""ALTO: the E adaptor and ALTO (E applied to LAMB) as torch optimizers."""

@@ -1,0 +1,1 @@
+"""Training engine: a job spec -> Ray Train -> megatron-core MoE GPT."""
