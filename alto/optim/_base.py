@@ -1,0 +1,318 @@
+"""The step machinery ALTO and Lamb share: Adam moments, layer-wise trust ratio.
+
+Both are "bias-corrected Adam direction + decoupled weight decay, scaled per tensor
+by ||theta|| / ||r||"; ALTO adds the gradient-difference term. Keeping one class
+means ALTO with alpha=0 and Lamb run literally the same code, and every policy
+(clipping, non-finite gradients, the distributed norm hook) is written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from alto.optim import _dispatch
+from alto.optim import _validate as check
+from alto.optim._impl_foreach import norms, state_dtype
+
+NormReducer = Callable[[Tensor, list[Tensor]], Tensor]
+TrustRatioForm = Literal["published", "paper"]
+NonFinitePolicy = Literal["skip", "raise", "unchecked"]
+
+_STATE_KEYS = ("exp_avg", "exp_avg_sq", "diff_carry")
+
+
+def global_grad_norm(grads: list[Tensor]) -> Tensor:
+    """L2 norm over all gradients as a 0-d float32 tensor, computed on the device."""
+    device = grads[0].device
+    per_tensor = [n.to(device=device, dtype=torch.float32) for n in norms(grads)]
+    return torch.linalg.vector_norm(torch.stack(per_tensor))
+
+
+def trust_ratios(sq: Tensor, form: TrustRatioForm, eps2: float, eps3: float) -> Tensor:
+    """Per-tensor trust ratios from the [N, 2] squared norms, on the device.
+
+    published: ||theta|| / ||r||, and 1 when either norm is 0 (the authors' code).
+    paper:     phi(||theta||) / (||r|| + eps2 * phi(||theta||)),  phi(x) = x + eps3.
+    """
+    w = sq[:, 0].sqrt()
+    r = sq[:, 1].sqrt()
+    if form == "published":
+        return torch.where((w > 0) & (r > 0), w / r, torch.ones_like(w))
+    phi = w + eps3
+    return phi / (r + eps2 * phi)
+
+
+class TrustRatioAdam(torch.optim.Optimizer):
+    """Base class of ALTO and Lamb; not meant to be used directly.
+
+    Subclasses set ``_n_betas`` (3 for ALTO: b1, b2, b3; 2 for Lamb: b2, b3),
+    ``_uses_carry`` and implement ``_check_group``.
+    """
+
+    _n_betas: int = 3
+    _uses_carry: bool = True
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        trust_ratio: TrustRatioForm,
+        trust_ratio_eps: tuple[float, float],
+        max_grad_norm: float | None,
+        on_nonfinite: NonFinitePolicy,
+        foreach: bool | None,
+        fused: bool | None,
+        norm_reducer: NormReducer | None,
+    ) -> None:
+        self.trust_ratio = check.choice("trust_ratio", trust_ratio, ("published", "paper"))
+        if isinstance(trust_ratio_eps, str) or not isinstance(trust_ratio_eps, tuple | list):
+            raise TypeError(f"trust_ratio_eps must be a pair (eps2, eps3), got {trust_ratio_eps!r}")
+        if len(trust_ratio_eps) != 2:
+            raise ValueError(
+                f"trust_ratio_eps must have 2 values (eps2, eps3), got {trust_ratio_eps!r}"
+            )
+        self.trust_ratio_eps = (
+            check.non_negative("trust_ratio_eps[0]", trust_ratio_eps[0]),
+            check.non_negative("trust_ratio_eps[1]", trust_ratio_eps[1]),
+        )
+        self.max_grad_norm = (
+            None if max_grad_norm is None else check.positive("max_grad_norm", max_grad_norm)
+        )
+        self.on_nonfinite = check.choice(
+            "on_nonfinite", on_nonfinite, ("skip", "raise", "unchecked")
+        )
+        self.norm_reducer = check.optional_callable("norm_reducer", norm_reducer)
+        check.optional_bool("foreach", foreach)
+        check.optional_bool("fused", fused)
+        self._check_group(defaults, lambda key: key)
+        super().__init__(params, defaults)
+        all_params = [p for g in self.param_groups for p in g["params"]]
+        self._impl, self.implementation = _dispatch.resolve(foreach, fused, all_params)
+        self._step_on_device = bool(getattr(self._impl, "STEP_ON_PARAM_DEVICE", False))
+        self._uses_workspace = bool(getattr(self._impl, "USES_WORKSPACE", False))
+        self.skipped_steps = 0
+        self.last_step_skipped = False
+
+    # ----------------------------------------------------------------- groups
+    def _check_group(self, group: dict[str, Any], name: Callable[[str], str]) -> None:
+        """Validate a group's hyperparameters; ``name(key)`` is how errors call the key."""
+        raise NotImplementedError
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Validate a group's hyperparameters (overrides and defaults) before adding it."""
+        if not isinstance(param_group, dict):
+            raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
+        index = len(self.param_groups)
+        merged = {**self.defaults, **param_group}
+
+        def name(key: str) -> str:  # an override is named by its group, a default plainly
+            return f"param_groups[{index}]['{key}']" if key in param_group else key
+
+        self._check_group(merged, name)
+        params = param_group["params"]
+        if isinstance(params, Tensor):
+            params = [params]
+        elif not isinstance(params, set):  # torch rejects sets (no stable order) itself
+            params = list(params)
+        param_group["params"] = params
+        for j, p in enumerate(params):
+            if isinstance(p, Tensor):
+                check.float_param(p, f"param_groups[{index}]['params'][{j}]")
+        super().add_param_group(param_group)
+        param_group["betas"] = tuple(float(b) for b in param_group["betas"])
+
+    def _betas3(self, group: dict[str, Any]) -> tuple[float, float, float]:
+        betas = group["betas"]
+        return (0.0, *betas) if self._n_betas == 2 else tuple(betas)
+
+    # ------------------------------------------------------------------ state
+    def _state_for(self, p: Tensor) -> dict[str, Any]:
+        state = self.state[p]
+        if len(state) == 0:
+            step_device = p.device if self._step_on_device else torch.device("cpu")
+            state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
+            dtype = state_dtype(p)
+            fmt = torch.preserve_format
+            state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=fmt)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=fmt)
+            if self._uses_carry:
+                state["diff_carry"] = torch.zeros_like(p, dtype=dtype, memory_format=fmt)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load like torch, but keep fp32 states for bf16/fp16 params and steps on their device.
+
+        torch's loader casts every floating state to the parameter's dtype, which
+        would silently round fp32 moments of bf16 parameters to bf16; the states are
+        re-materialised here from the saved tensors instead.
+        """
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        index = 0
+        for group in self.param_groups:
+            group["betas"] = tuple(float(b) for b in group["betas"])
+            for p in group["params"]:
+                if index in saved and p in self.state:
+                    st = self.state[p]
+                    src = saved[index]
+                    for key in _STATE_KEYS:
+                        if key in src:
+                            st[key] = src[key].to(device=p.device, dtype=state_dtype(p)).clone()
+                    step_device = p.device if self._step_on_device else torch.device("cpu")
+                    st["step"] = (
+                        torch.as_tensor(src["step"], dtype=torch.float32).to(step_device).clone()
+                    )
+                index += 1
+
+    # ------------------------------------------------------------------- step
+    def _collect(self) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
+        plan = []
+        for gi, group in enumerate(self.param_groups):
+            params, grads = [], []
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                check.dense_grad(p, f"param_groups[{gi}]['params'][{pi}]")
+                params.append(p)
+                grads.append(p.grad)
+            plan.append((group, params, grads))
+        return plan
+
+    def _nonfinite_report(self) -> str:
+        bad = []
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                    bad.append(f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})")
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        return shown or "the global gradient norm overflowed float32"
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
+        """One optimisation step; returns the closure's loss if a closure is given.
+
+        Non-finite gradients (policy ``on_nonfinite``): "skip" leaves parameters and
+        all state untouched, increments ``skipped_steps`` and sets
+        ``last_step_skipped``; "raise" does the same and then raises
+        FloatingPointError; "unchecked" does no check (the caller owns it, e.g.
+        Megatron's found-inf logic). The check costs one device read per step.
+        """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+
+        plan = self._collect()
+        all_grads = [g for _, _, grads in plan for g in grads]
+        grad_scale: Tensor | None = None
+        self.last_step_skipped = False
+        check_finite = self.on_nonfinite != "unchecked"
+        if all_grads and (check_finite or self.max_grad_norm is not None):
+            total = global_grad_norm(all_grads)
+            if check_finite and not bool(torch.isfinite(total)):  # the one host read
+                self.skipped_steps += 1
+                self.last_step_skipped = True
+                if self.on_nonfinite == "raise":
+                    raise FloatingPointError(
+                        f"non-finite gradient in {self._nonfinite_report()}; the step was "
+                        "skipped and parameters and optimizer state are unchanged "
+                        "(on_nonfinite='raise')"
+                    )
+                return loss
+            if self.max_grad_norm is not None:
+                grad_scale = (self.max_grad_norm / (total + 1e-6)).clamp_(max=1.0)
+
+        # Phase 1: moments and squared partial norms for all groups.
+        sq_parts: list[Tensor] = []
+        ratio_params: list[Tensor] = []
+        work = []
+        for group, params, grads in plan:
+            if not params:
+                continue
+            states = [self._state_for(p) for p in params]
+            b1, b2, b3 = self._betas3(group)
+            with_norms = group["weight_decay"] != 0.0
+            scale = None if grad_scale is None else grad_scale.to(params[0].device)
+            extra = {"workspace": {}} if self._uses_workspace else {}
+            sq = self._impl.moments_and_sq_norms(
+                params,
+                grads,
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["diff_carry"] for s in states] if self._uses_carry else None,
+                [s["step"] for s in states],
+                b1=b1,
+                b2=b2,
+                b3=b3,
+                alpha=group.get("alpha", 0.0),
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                with_norms=with_norms,
+                grad_scale=scale,
+                **extra,
+            )
+            if with_norms:
+                sq_parts.append(sq)
+                ratio_params.extend(params)
+            work.append((group, params, states, with_norms, extra))
+
+        # Between the phases: exactly one call of the reducer per step.
+        device = self._norm_device(ratio_params, plan)
+        if sq_parts:
+            sq = torch.cat([s.to(device) for s in sq_parts])
+        else:
+            sq = torch.zeros((0, 2), dtype=torch.float32, device=device)
+        if self.norm_reducer is not None:
+            sq = self._reduce(sq, ratio_params)
+        ratios = trust_ratios(sq, self.trust_ratio, *self.trust_ratio_eps)
+
+        # Phase 2: apply the updates.
+        offset = 0
+        for group, params, states, with_norms, extra in work:
+            group_ratios = None
+            if with_norms:
+                group_ratios = ratios[offset : offset + len(params)].to(params[0].device)
+                offset += len(params)
+            _, b2, b3 = self._betas3(group)
+            self._impl.apply_update(
+                params,
+                [s["exp_avg"] for s in states],
+                [s["exp_avg_sq"] for s in states],
+                [s["step"] for s in states],
+                lr=group["lr"],
+                b2=b2,
+                b3=b3,
+                eps=group["eps"],
+                weight_decay=group["weight_decay"],
+                ratios=group_ratios,
+                **extra,
+            )
+        return loss
+
+    @staticmethod
+    def _norm_device(ratio_params: list[Tensor], plan: list[Any]) -> torch.device:
+        if ratio_params:
+            return ratio_params[0].device
+        for _, params, _ in plan:
+            if params:
+                return params[0].device
+        for group, _, _ in plan:
+            if group["params"]:
+                return group["params"][0].device
+        return torch.device("cpu")
+
+    def _reduce(self, sq: Tensor, ratio_params: list[Tensor]) -> Tensor:
+        assert self.norm_reducer is not None
+        out = self.norm_reducer(sq, ratio_params)
+        if not isinstance(out, Tensor) or tuple(out.shape) != tuple(sq.shape):
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"norm_reducer must return a tensor of shape {tuple(sq.shape)} (the squared "
+                f"norms it was given, reduced), got {got}"
+            )
+        return out.to(dtype=torch.float32)
