@@ -1,0 +1,113 @@
+"""``AltoOptimizerConfig``: megatron's ``OptimizerConfig`` plus ``optimizer="alto"``.
+
+Why a subclass and not a separate object: every megatron wrapper (FP32Optimizer,
+Float16OptimizerWithFloat16Params, DistributedOptimizer, ChainedOptimizer) reads its
+clipping, precision and sharding settings from one ``OptimizerConfig``; keeping
+ALTO's hyperparameters on the same object means one config drives the whole stack,
+exactly as ``adam`` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from megatron.core.optimizer.optimizer_config import OptimizerConfig
+
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "alto")
+TRUST_RATIO_FORMS: tuple[str, ...] = ("published", "paper")
+
+
+@dataclasses.dataclass
+class AltoOptimizerConfig(OptimizerConfig):
+    """OptimizerConfig with ``optimizer`` in {"adam", "sgd", "alto"} and ALTO's hyperparameters.
+
+    "adam" and "sgd" are megatron's own optimizers, built by megatron's factory
+    unchanged ("adam" is AdamW when ``decoupled_weight_decay`` is True, megatron's
+    default).  "alto" uses ``lr``, ``weight_decay`` (times each group's ``wd_mult``,
+    so megatron's no-decay groups for biases and norms take ALTO's plain step) and
+    the ``alto_*`` fields below.
+
+    The defaults are the paper's large-batch setting (global batch >= 1K);
+    ``alto.paper_defaults(global_batch_size)`` gives the small-batch one.
+    Gradient clipping (``clip_grad``), loss scaling and found-inf skipping stay
+    megatron's: ALTO itself clips nothing and checks nothing inside megatron.
+    """
+
+    alto_alpha: float = -5.0
+    """Acceleration factor alpha; |alpha| < 1/(1 - alto_beta1)."""
+
+    alto_beta1: float = 0.99
+    """EMA factor of the gradient difference (b1)."""
+
+    alto_beta2: float = 0.9
+    """First-moment EMA factor (b2)."""
+
+    alto_beta3: float = 0.99
+    """Second-moment EMA factor (b3)."""
+
+    alto_eps: float = 1e-6
+    """Added to sqrt(v_hat)."""
+
+    alto_trust_ratio: str = "published"
+    """"published" (||theta||/||r||, the authors' code) or "paper" (with safeguards)."""
+
+    alto_trust_ratio_eps: tuple[float, float] = (1e-6, 1e-6)
+    """(eps2, eps3) of the paper's trust-ratio form."""
+
+    alto_foreach: bool | None = None
+    """None/True: multi-tensor step; False: single-tensor step."""
+
+    alto_fused: bool | None = None
+    """None: fused Triton step when all parameters are on CUDA and triton loads."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(
+                f"AltoOptimizerConfig.optimizer={self.optimizer!r} is not supported; "
+                f"allowed: {', '.join(repr(o) for o in OPTIMIZERS)}"
+            )
+        if self.optimizer == "alto":
+            self._check_alto_compatible()
+        super().__post_init__()
+        if self.optimizer != "alto":
+            return
+        for name in ("alto_beta1", "alto_beta2", "alto_beta3"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 <= value < 1.0):
+                raise ValueError(f"AltoOptimizerConfig.{name}={value!r} must be in [0, 1)")
+        bound = 1.0 / (1.0 - self.alto_beta1)
+        if not (math.isfinite(self.alto_alpha) and abs(self.alto_alpha) < bound):
+            raise ValueError(
+                f"AltoOptimizerConfig.alto_alpha={self.alto_alpha!r} must satisfy "
+                f"|alpha| < 1/(1 - alto_beta1) = {bound:g}"
+            )
+        if not self.alto_eps > 0:
+            raise ValueError(f"AltoOptimizerConfig.alto_eps={self.alto_eps!r} must be > 0")
+        if self.alto_trust_ratio not in TRUST_RATIO_FORMS:
+            raise ValueError(
+                f"AltoOptimizerConfig.alto_trust_ratio={self.alto_trust_ratio!r} is not "
+                f"supported; allowed: {', '.join(repr(f) for f in TRUST_RATIO_FORMS)}"
+            )
+        if self.lr is None or self.lr < 0:
+            raise ValueError(f"AltoOptimizerConfig.lr={self.lr!r} must be a number >= 0")
+        if self.weight_decay < 0:
+            raise ValueError(f"AltoOptimizerConfig.weight_decay={self.weight_decay!r} must be >= 0")
+
+    def _check_alto_compatible(self) -> None:
+        unsupported = {
+            "optimizer_cpu_offload": self.optimizer_cpu_offload,
+            "use_precision_aware_optimizer": self.use_precision_aware_optimizer,
+        }
+        for name, value in unsupported.items():
+            if value:
+                raise ValueError(
+                    f"AltoOptimizerConfig.{name}={value!r} is not supported with "
+                    "optimizer='alto' (both replace the inner optimizer with a "
+                    "Transformer Engine / CPU-offload Adam); allowed: False"
+                )
+
+    @property
+    def alto_betas(self) -> tuple[float, float, float]:
+        """(b1, b2, b3) as ALTO takes them."""
+        return (self.alto_beta1, self.alto_beta2, self.alto_beta3)

@@ -1,0 +1,59 @@
+"""AltoOptimizerConfig validation and the factory's argument checks (no processes needed)."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("megatron.core")
+
+from megatron.core.optimizer import OptimizerConfig
+
+from alto.megatron import AltoOptimizerConfig, get_megatron_optimizer
+
+
+def test_defaults_are_the_papers_large_batch_setting() -> None:
+    config = AltoOptimizerConfig(optimizer="alto", lr=1e-3)
+    assert config.alto_betas == (0.99, 0.9, 0.99)
+    assert config.alto_alpha == -5.0
+    assert config.alto_eps == 1e-6
+    assert isinstance(config, OptimizerConfig)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"optimizer": "lamb"}, "optimizer='lamb'"),
+        ({"optimizer": "alto", "alto_alpha": 5.0, "alto_beta1": 0.5}, "alto_alpha=5.0"),
+        ({"optimizer": "alto", "alto_beta2": 1.0}, "alto_beta2=1.0"),
+        ({"optimizer": "alto", "alto_eps": 0.0}, "alto_eps=0.0"),
+        ({"optimizer": "alto", "alto_trust_ratio": "lars"}, "alto_trust_ratio='lars'"),
+        ({"optimizer": "alto", "weight_decay": -1.0}, "weight_decay=-1.0"),
+        (
+            {"optimizer": "alto", "use_precision_aware_optimizer": True},
+            "use_precision_aware_optimizer=True",
+        ),
+    ],
+)
+def test_bad_values_are_named_with_what_is_allowed(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError) as info:
+        AltoOptimizerConfig(lr=1e-3, **kwargs)
+    assert field in str(info.value)
+
+
+def test_adam_and_sgd_configs_skip_alto_checks() -> None:
+    # ALTO's fields are not validated when ALTO is not used (megatron's own rules apply)
+    AltoOptimizerConfig(optimizer="adam", lr=1e-3, alto_eps=0.0)
+    AltoOptimizerConfig(optimizer="sgd", lr=1e-3, alto_beta1=2.0)
+
+
+def test_factory_rejects_unknown_optimizer_before_touching_the_model() -> None:
+    config = OptimizerConfig(optimizer="muon", lr=1e-3)
+    with pytest.raises(ValueError, match=r"config.optimizer='muon'.*'adam', 'sgd', 'alto'"):
+        get_megatron_optimizer(config, [object()])
+
+
+def test_factory_needs_alto_config_for_alto() -> None:
+    config = OptimizerConfig(optimizer="adam", lr=1e-3)
+    config.optimizer = "alto"
+    with pytest.raises(TypeError, match="AltoOptimizerConfig"):
+        get_megatron_optimizer(config, [object()])
