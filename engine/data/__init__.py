@@ -1,0 +1,1 @@
+"""Data: corpus -> tokenizer -> megatron indexed dataset (cached by content) -> GPTDataset."""

@@ -1,0 +1,84 @@
+"""Tokenizers: byte-level, a locally trained byte-level BPE (cached), or external ids.
+
+No downloads: the BPE is trained with the ``tokenizers`` library on the job's own
+training split and stored next to the tokenized data, keyed by the corpus hash
+and vocabulary size, so a second run (or a second worker) reuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from engine.data.corpus import Document
+
+EOD_TOKEN = "<|endoftext|>"
+
+
+class Tokenizer(Protocol):
+    """What the engine needs from a tokenizer: ids for bytes, the vocabulary, end-of-doc."""
+
+    vocab_size: int
+    eod: int
+
+    def encode(self, data: bytes) -> np.ndarray: ...
+
+    def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class ByteTokenizer:
+    """One token per UTF-8 byte; id 256 ends a document."""
+
+    vocab_size = 257
+    eod = 256
+
+    def encode(self, data: bytes) -> np.ndarray:
+        return np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+
+
+class BpeTokenizer:
+    """A byte-level BPE from the ``tokenizers`` library, loaded from its JSON file."""
+
+    def __init__(self, path: Path, vocab_size: int) -> None:
+        from tokenizers import Tokenizer as HfTokenizer
+
+        self._tok = HfTokenizer.from_file(str(path))
+        eod = self._tok.token_to_id(EOD_TOKEN)
+        if eod is None:
+            raise ValueError(f"{path} has no {EOD_TOKEN} token; delete it to retrain")
+        self.eod = eod
+        self.vocab_size = vocab_size
+        self.path = path
+
+    def encode(self, data: bytes) -> np.ndarray:
+        text = data.decode("utf-8", errors="replace")
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self._tok.decode(list(ids))
+
+
+def train_bpe(docs: list[Document], vocab_size: int, path: Path) -> None:
+    """Train a byte-level BPE with ``vocab_size`` ids (EOD included) and save it to ``path``."""
+    from tokenizers import Tokenizer as HfTokenizer
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = HfTokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator((d.data.decode("utf-8", errors="replace") for d in docs), trainer)
+    tmp = path.with_suffix(".tmp")
+    tok.save(str(tmp))
+    tmp.replace(path)

@@ -1,0 +1,147 @@
+"""Run a validated spec on Ray Train: start/connect Ray, build the TorchTrainer, fit.
+
+Kept apart from the CLI so tests and the benchmark can launch jobs in-process
+(sharing one Ray instance) and get the run directory back.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from alto_client.spec import JobSpec
+
+from engine.preflight import preflight
+from engine.reporting import METRICS_FILE
+
+FAULT_ENV = "ALTO_ENGINE_FAULT"
+"""Test hook: ``STEP[:RANK]`` kills that worker with SIGKILL once, after STEP."""
+
+_WORKER_ENV = {
+    # megatron warns at import about missing TE/apex and deprecations, per process
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    ok: bool
+    error: str | None
+    wall_s: float
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.run_dir / METRICS_FILE
+
+
+def default_run_dir(spec: JobSpec) -> Path:
+    """``$ALTO_RUNS_DIR`` (default ./runs) / job id or name-timestamp."""
+    root = Path(os.environ.get("ALTO_RUNS_DIR", "runs"))
+    if spec.report is not None:
+        return root / spec.report.job_id
+    return root / f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def ensure_ray(num_cpus: float | None = None) -> bool:
+    """Connect to RAY_ADDRESS or start a local instance; True if this call started one."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    env = dict(_WORKER_ENV)
+    for name in ("ALTO_CACHE_DIR",):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    runtime_env = {"env_vars": env}
+    if os.environ.get("RAY_ADDRESS"):
+        # inside a Ray job (the service's launch) the job's own runtime_env applies;
+        # passing another here would replace it
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        return False
+    cpus = num_cpus if num_cpus is not None else float(os.cpu_count() or 1)
+    ray.init(
+        address="local",  # a fresh instance, never someone else's cluster on this machine
+        num_cpus=int(max(cpus, 1)),
+        include_dashboard=False,
+        runtime_env=runtime_env,
+        log_to_driver=True,
+    )
+    return True
+
+
+def fault_from_env(run_dir: Path) -> dict | None:
+    value = os.environ.get(FAULT_ENV)
+    if not value:
+        return None
+    step, _, rank = value.partition(":")
+    return {"step": int(step), "rank": int(rank or 0), "marker": str(run_dir / ".fault_injected")}
+
+
+def launch(spec: JobSpec, run_dir: Path, *, start_ray: bool = True) -> RunResult:
+    """Pre-flight, then train with Ray Train; blocks until the job ends."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from engine.worker.loop import train_loop
+
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
+    preflight(spec)
+    r = spec.resources
+    if start_ray:
+        ensure_ray(max(float(os.cpu_count() or 1), r.workers * r.cpus_per_worker + 1))
+    gpu = r.device == "gpu"
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={
+            "spec": spec.model_dump_json(),
+            "run_dir": str(run_dir),
+            "fault": fault_from_env(run_dir),
+        },
+        torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
+        scaling_config=ScalingConfig(
+            num_workers=r.workers,
+            use_gpu=gpu,
+            resources_per_worker={"CPU": r.cpus_per_worker, **({"GPU": 1} if gpu else {})},
+        ),
+        run_config=RunConfig(
+            name="train",
+            storage_path=str(run_dir / "ray"),
+            failure_config=FailureConfig(max_failures=r.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+        ),
+    )
+    start = time.monotonic()
+    outcome: dict[str, BaseException | None] = {"error": None}
+
+    def fit() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # Ray wraps worker errors; keep them for the user
+            outcome["error"] = exc
+
+    # fit() runs off the main thread so that Ctrl-C reaches our caller as
+    # KeyboardInterrupt (Ray Train would otherwise take SIGINT for a slow "graceful
+    # abort" that keeps training); the caller then shuts Ray down, which ends the job.
+    thread = threading.Thread(target=fit, name="alto-ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
+    error = outcome["error"]
+    if error is not None:
+        return RunResult(run_dir, False, _root_message(error), time.monotonic() - start)
+    return RunResult(run_dir, True, None, time.monotonic() - start)
+
+
+def _root_message(exc: BaseException) -> str:
+    """The innermost cause's message: what actually went wrong in the worker."""
+    seen = exc
+    while seen.__cause__ is not None:
+        seen = seen.__cause__
+    text = str(seen).strip() or type(seen).__name__
+    return text if len(text) < 4000 else text[-4000:]

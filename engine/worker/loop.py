@@ -1,0 +1,332 @@
+"""The training loop each Ray Train worker runs: megatron init, model, data, steps, metrics.
+
+Entry point: :func:`train_loop` (Ray Train's ``train_loop_per_worker``).  Its
+config is plain JSON-able data (the spec as JSON, the run directory, an optional
+fault-injection hook for tests), so it crosses process and machine boundaries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import resource
+import signal
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from alto_client import metrics as M
+from alto_client.spec import JobSpec
+
+from engine.data.prepare import prepare_data
+from engine.reporting import MetricLog, ServiceReporter, points_at
+from engine.worker.checkpoint import load_checkpoint, save_checkpoint
+from engine.worker.data import build_datasets, micro_batches
+from engine.worker.model import build_model, count_parameters, wrap_ddp
+from engine.worker.optim import (
+    build_optimizer,
+    build_scheduler,
+    optimizer_state_bytes,
+    uses_distributed_optimizer,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    loss: float
+    aux_loss: float | None
+    grad_norm: float | None
+    lr: float
+    step_time_s: float
+    optim_time_s: float
+
+
+def init_megatron(spec: JobSpec) -> None:
+    """megatron's process groups on top of the process group Ray Train created."""
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel import random as tp_random
+
+    if spec.resources.device == "cpu":
+        from alto.megatron import cpu_compat
+
+        cpu_compat.enable()
+    else:
+        import alto.megatron  # noqa: F401 - applies megatron's TE-less fixes
+
+        torch.cuda.set_device(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    parallel_state.initialize_model_parallel(
+        tensor_model_parallel_size=spec.parallel.tensor,
+        pipeline_model_parallel_size=spec.parallel.pipeline,
+        expert_model_parallel_size=spec.parallel.expert,
+        expert_tensor_parallel_size=spec.parallel.tensor if spec.model.is_moe else None,
+    )
+    torch.manual_seed(spec.training.seed)
+    tp_random.model_parallel_cuda_manual_seed(spec.training.seed)
+
+
+class Trainer:
+    """One worker's view of the job: owns model, optimizer, data and the step loop."""
+
+    def __init__(self, spec: JobSpec, run_dir: Path) -> None:
+        from megatron.core import parallel_state as ps
+        from megatron.core.distributed import finalize_model_grads
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        self.spec = spec
+        self.run_dir = run_dir
+        self.rank = torch.distributed.get_rank()
+        self.dp_rank = ps.get_data_parallel_rank()
+        self.dp_size = ps.get_data_parallel_world_size()
+        self.dp_group = ps.get_data_parallel_group()
+        self.device = (
+            torch.device("cuda") if spec.resources.device == "gpu" else torch.device("cpu")
+        )
+
+        self.prepared = prepare_data(spec)
+        self.datasets = build_datasets(spec, self.prepared)
+        model = build_model(spec, self.prepared.vocab_size)
+        if self.device.type == "cuda":
+            model = model.cuda()
+        self.model = wrap_ddp(model, uses_distributed_optimizer(spec))
+        self.optimizer = build_optimizer(spec, self.model)
+        self.scheduler = build_scheduler(spec, self.optimizer)
+        self.scheduler.step(increment=1)  # step 1 already uses the first warmup LR
+        cfg = model.config
+        cfg.finalize_model_grads_func = finalize_model_grads
+        cfg.no_sync_func = self.model.no_sync
+        cfg.grad_scale_func = self.optimizer.scale_loss
+        self.forward_backward = get_forward_backward_func()
+        self.num_params = count_parameters(model)
+
+    # ---- one step
+
+    def _forward_step(self, data_iterator, model):
+        batch = next(data_iterator)
+        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        output = model(batch["tokens"], batch["position_ids"], None, labels=batch["labels"])
+        loss_mask = batch["loss_mask"].float()
+
+        def loss_func(per_token: torch.Tensor):
+            loss_sum = (per_token.float().view(-1) * loss_mask.view(-1)).sum()
+            tokens = loss_mask.sum().to(torch.int)
+            report = torch.stack([loss_sum.detach(), loss_mask.sum()])
+            return loss_sum, tokens, {"lm": report}
+
+        return output, loss_func
+
+    def _run(self, dataset, first_sample: int, global_batch: int, forward_only: bool) -> float:
+        t = self.spec.training
+        num_micro = global_batch // (t.micro_batch_size * self.dp_size)
+        batches = micro_batches(
+            dataset, first_sample, global_batch, t.micro_batch_size, self.dp_rank, self.dp_size
+        )
+        outputs = self.forward_backward(
+            forward_step_func=self._forward_step,
+            data_iterator=batches,
+            model=[self.model],
+            num_microbatches=num_micro,
+            seq_length=self.spec.model.seq_length,
+            micro_batch_size=t.micro_batch_size,
+            forward_only=forward_only,
+        )
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for out in outputs:
+            total += out["lm"].to(torch.float64)
+        torch.distributed.all_reduce(total, group=self.dp_group)
+        return float(total[0] / total[1].clamp(min=1))
+
+    def _aux_loss(self, num_micro: int) -> float | None:
+        """The MoE load-balancing loss (no coefficient), averaged over layers and micro batches."""
+        if not self.spec.model.is_moe:
+            return None
+        from megatron.core.transformer.moe import moe_utils
+
+        tracker = moe_utils.get_moe_layer_wise_logging_tracker()
+        if "load_balancing_loss" not in tracker:
+            return None
+        moe_utils.reduce_aux_losses_tracker_across_ranks(["load_balancing_loss"])
+        values = tracker["load_balancing_loss"]["values"]
+        value = float(values.sum() / (values.numel() * num_micro))
+        moe_utils.clear_aux_losses_tracker()
+        return value
+
+    def train_step(self, step: int) -> StepResult:
+        t = self.spec.training
+        start = time.perf_counter()
+        self.model.zero_grad_buffer()
+        self.optimizer.zero_grad()
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        loss = self._run(
+            self.datasets.train, (step - 1) * t.global_batch_size, t.global_batch_size, False
+        )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        opt_start = time.perf_counter()
+        _, grad_norm, _ = self.optimizer.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        optim_time = time.perf_counter() - opt_start
+        self.scheduler.step(increment=1)
+        aux = self._aux_loss(self.spec.grad_accumulation_steps)
+        return StepResult(
+            loss=loss,
+            aux_loss=aux,
+            grad_norm=None if grad_norm is None else float(grad_norm),
+            lr=lr,
+            step_time_s=time.perf_counter() - start,
+            optim_time_s=optim_time,
+        )
+
+    @torch.no_grad()
+    def evaluate(self) -> float | None:
+        if self.datasets.valid is None:
+            return None
+        t = self.spec.training
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            loss = self._run(
+                self.datasets.valid, 0, max(1, t.eval_batches) * t.global_batch_size, True
+            )
+        finally:
+            self.model.train(was_training)
+        if self.spec.model.is_moe:
+            from megatron.core.transformer.moe import moe_utils
+
+            moe_utils.clear_aux_losses_tracker()
+        return loss
+
+    def memory_metrics(self) -> dict[str, float | None]:
+        if self.device.type == "cuda":
+            return {
+                M.MEM_PEAK_ALLOCATED_BYTES: float(torch.cuda.max_memory_allocated()),
+                M.MEM_PEAK_RESERVED_BYTES: float(torch.cuda.max_memory_reserved()),
+                M.MEM_PEAK_RSS_BYTES: _peak_rss(),
+            }
+        return {M.MEM_PEAK_RSS_BYTES: _peak_rss()}
+
+
+def _peak_rss() -> float:
+    """Peak resident set size of this process in bytes (Linux reports KiB)."""
+    return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _should_eval(spec: JobSpec, step: int) -> bool:
+    t = spec.training
+    if step == t.steps:
+        return True
+    return t.eval_interval > 0 and step % t.eval_interval == 0
+
+
+def train_loop(config: dict) -> None:
+    """Ray Train's per-worker function: train the spec, resuming from Ray's latest checkpoint."""
+    import ray.train
+
+    spec = JobSpec.model_validate_json(config["spec"])
+    run_dir = Path(config["run_dir"])
+    fault = config.get("fault")
+    logging.basicConfig(level=logging.WARNING)
+
+    init_megatron(spec)
+    trainer = Trainer(spec, run_dir)
+    rank0 = trainer.rank == 0
+
+    start_step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            start_step = load_checkpoint(
+                Path(ckpt_dir), trainer.model, trainer.optimizer, trainer.scheduler
+            )
+
+    metric_log = MetricLog(run_dir) if rank0 else None
+    reporter = None
+    if rank0:
+        metric_log.truncate_after(start_step)
+        if start_step:
+            log_event(run_dir, "resumed", step=start_step)
+        if spec.report is not None:
+            reporter = ServiceReporter(spec.report, run_dir).start()
+
+    t = spec.training
+    tokens_per_step = spec.tokens_per_step
+    try:
+        for step in range(start_step + 1, t.steps + 1):
+            result = trainer.train_step(step)
+            values: dict[str, float | None] = {
+                M.TRAIN_LOSS: result.loss,
+                M.TRAIN_AUX_LOSS: result.aux_loss,
+                M.TRAIN_LR: result.lr,
+                M.TRAIN_GRAD_NORM: result.grad_norm,
+                M.TRAIN_TOKENS_PER_S: tokens_per_step / result.step_time_s,
+                M.TRAIN_STEP_TIME_S: result.step_time_s,
+                M.OPTIM_STEP_TIME_S: result.optim_time_s,
+            }
+            if step == 1:
+                values[M.MODEL_PARAMS] = float(trainer.num_params)
+                values[M.OPTIM_STATE_BYTES] = float(optimizer_state_bytes(trainer.optimizer))
+            if _should_eval(spec, step):
+                val = trainer.evaluate()
+                if val is not None:
+                    values[M.VAL_LOSS] = val
+                    values[M.VAL_PPL] = math.exp(min(val, 700.0))
+                values.update(trainer.memory_metrics())
+            if rank0:
+                metric_log.write(points_at(step, values))
+                if reporter is not None:
+                    reporter.poke()
+
+            if t.checkpoint_interval and (step % t.checkpoint_interval == 0 or step == t.steps):
+                with tempfile.TemporaryDirectory(prefix="alto-ckpt-") as tmp:
+                    ckpt_dir = Path(tmp) / f"step_{step:08d}"
+                    save_checkpoint(
+                        ckpt_dir, trainer.model, trainer.optimizer, trainer.scheduler, step
+                    )
+                    ray.train.report(
+                        {"step": step, "loss": result.loss},
+                        checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)),
+                    )
+            _maybe_inject_fault(fault, step, trainer.rank)
+    finally:
+        flush_s = float(config.get("report_flush_s", 30.0))
+        if reporter is not None and not reporter.close(deadline_s=flush_s):
+            log.warning(
+                "%d bytes of metrics could not be sent to %s yet; they stay in %s",
+                reporter.pending_bytes(),
+                spec.report.url,
+                metric_log.path,
+            )
+
+
+def _maybe_inject_fault(fault: dict | None, step: int, rank: int) -> None:
+    """Test hook: SIGKILL this worker once, after ``fault['step']``, on ``fault['rank']``.
+
+    A marker file makes it fire once per run, so the restarted worker group runs on.
+    """
+    if not fault or step != fault["step"] or rank != fault.get("rank", 0):
+        return
+    marker = Path(fault["marker"])
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(f"killed rank {rank} after step {step}\n")
+    # Ray Train's controller collects reports (and so registers checkpoints) on its
+    # health-check poll; a kill right after a report would race it, which real
+    # failures do not do on purpose.  Wait out two polls so the test is deterministic.
+    time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def log_event(run_dir: Path, event: str, **fields) -> None:
+    """Append a run event (resumed, ...) to ``events.jsonl`` in the run directory."""
+    record = {"event": event, "time": time.time(), **fields}
+    with (run_dir / "events.jsonl").open("a") as stream:
+        stream.write(json.dumps(record) + "\n")

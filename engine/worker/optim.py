@@ -1,0 +1,206 @@
+"""The job's optimizer inside megatron's wrappers, and its LR schedule.
+
+``alto`` and ``adamw`` go through megatron's DistributedOptimizer: ALTO via the
+ALTO megatron integration (``alto.megatron.get_megatron_optimizer``), AdamW via the
+same factory when it is there (it also fixes megatron's torch-AdamW checkpoint
+bugs), else megatron's own.  ``e`` wraps a named torch optimizer in ALTO's E
+adaptor; the DistributedOptimizer accepts only Adam-family inner optimizers, so E
+runs under megatron's non-sharded FP32Optimizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+from alto_client.spec import AdamWSpec, AltoSpec, ESpec, JobSpec
+
+
+def _alto_factory():
+    """The ALTO megatron integration (``AltoOptimizerConfig``, ``get_megatron_optimizer``),
+    or None where it is not installed."""
+    if importlib.util.find_spec("alto.megatron.factory") is None:
+        return None
+    import alto.megatron
+
+    return alto.megatron
+
+
+def uses_distributed_optimizer(spec: JobSpec) -> bool:
+    return spec.optimizer.name != "e"
+
+
+def _base_config_kwargs(spec: JobSpec) -> dict:
+    t = spec.training
+    return dict(
+        lr=spec.peak_lr,
+        min_lr=spec.final_lr,
+        clip_grad=t.grad_clip,
+        bf16=t.precision == "bf16",
+        params_dtype=torch.bfloat16 if t.precision == "bf16" else torch.float32,
+        use_distributed_optimizer=uses_distributed_optimizer(spec),
+    )
+
+
+def build_optimizer(spec: JobSpec, model: torch.nn.Module):
+    """A megatron optimizer (possibly a ChainedOptimizer for dense + expert params)."""
+    opt = spec.optimizer
+    if isinstance(opt, AltoSpec):
+        return _build_alto(spec, opt, model)
+    if isinstance(opt, AdamWSpec):
+        return _build_adamw(spec, opt, model)
+    if isinstance(opt, ESpec):
+        return _build_e(spec, opt, model)
+    raise ValueError(f"optimizer.name {opt.name!r} is not one of 'alto', 'adamw', 'e'")
+
+
+def _build_alto(spec: JobSpec, opt: AltoSpec, model: torch.nn.Module):
+    factory = _alto_factory()
+    if factory is None:
+        raise RuntimeError(
+            "optimizer 'alto' needs alto.megatron.optimizer (the ALTO megatron integration), "
+            "which is not installed in this environment; use optimizer 'adamw' or 'e'"
+        )
+    config = factory.AltoOptimizerConfig(
+        optimizer="alto",
+        alto_alpha=opt.alpha,
+        alto_beta1=opt.beta1,
+        alto_beta2=opt.beta2,
+        alto_beta3=opt.beta3,
+        alto_eps=opt.eps,
+        weight_decay=opt.weight_decay,
+        **_base_config_kwargs(spec),
+    )
+    return factory.get_megatron_optimizer(config, [model])
+
+
+def _build_adamw(spec: JobSpec, opt: AdamWSpec, model: torch.nn.Module):
+    kwargs = dict(
+        optimizer="adam",
+        adam_beta1=opt.beta1,
+        adam_beta2=opt.beta2,
+        adam_eps=opt.eps,
+        weight_decay=opt.weight_decay,
+        decoupled_weight_decay=True,
+        **_base_config_kwargs(spec),
+    )
+    factory = _alto_factory()
+    if factory is not None:
+        return factory.get_megatron_optimizer(factory.AltoOptimizerConfig(**kwargs), [model])
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    return get_megatron_optimizer(OptimizerConfig(**kwargs), [model])
+
+
+_E_BASES = {
+    "adam": torch.optim.Adam,
+    "adamw": torch.optim.AdamW,
+    "sgd": torch.optim.SGD,
+    "rmsprop": torch.optim.RMSprop,
+    "adagrad": torch.optim.Adagrad,
+    "nadam": torch.optim.NAdam,
+    "radam": torch.optim.RAdam,
+}
+
+
+def _build_e(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
+    """megatron builds an SGD FP32Optimizer (its param groups, clipping, schedule hooks);
+    the inner torch optimizer is then replaced by E around the requested base."""
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+    from alto.optim import E
+
+    config = OptimizerConfig(
+        optimizer="sgd", sgd_momentum=0.0, weight_decay=0.0, **_base_config_kwargs(spec)
+    )
+    megatron_opt = get_megatron_optimizer(config, [model])
+    base_cls = _E_BASES[opt.base]
+    for inner in _leaf_optimizers(megatron_opt):
+        groups = inner.optimizer.param_groups
+        hyper = dict(opt.base_hyperparameters)
+        base = base_cls(
+            [
+                {
+                    k: v
+                    for k, v in g.items()
+                    if k
+                    not in (
+                        "momentum",
+                        "dampening",
+                        "nesterov",
+                        "maximize",
+                        "foreach",
+                        "differentiable",
+                        "fused",
+                    )
+                }
+                for g in groups
+            ],
+            lr=spec.peak_lr,
+            **hyper,
+        )
+        inner.optimizer = E(base, alpha=opt.alpha, beta=opt.beta1)
+        inner.init_state_fn = _allocate_state_by_zero_step
+    return megatron_opt
+
+
+def _allocate_state_by_zero_step(optimizer: torch.optim.Optimizer, config=None) -> None:
+    """Create every state tensor (E's carry and the base's) before a checkpoint load.
+
+    megatron builds the load template from the existing state, and E's base can be
+    any torch optimizer, so the state is made the generic way: one step on zero
+    gradients.  Whatever it changes, the load that follows overwrites.
+    """
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def _leaf_optimizers(optimizer) -> list:
+    """The megatron optimizers inside a ChainedOptimizer (or the optimizer itself)."""
+    return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def build_scheduler(spec: JobSpec, optimizer):
+    """megatron's OptimizerParamScheduler: linear warmup then cosine/linear/constant decay."""
+    from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+
+    t = spec.training
+    decay = t.lr_decay_steps if t.lr_decay_steps is not None else t.steps
+    wd = getattr(spec.optimizer, "weight_decay", 0.0)
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=0.0 if t.warmup_steps > 0 else spec.peak_lr,
+        max_lr=spec.peak_lr,
+        min_lr=spec.final_lr,
+        lr_warmup_steps=t.warmup_steps,
+        lr_decay_steps=max(decay, t.warmup_steps + 1),
+        lr_decay_style=t.lr_decay_style,
+        start_wd=wd,
+        end_wd=wd,
+        wd_incr_steps=t.steps,
+        wd_incr_style="constant",
+    )
+
+
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of optimizer state tensors on this rank (moments and buffers, not params)."""
+    total = 0
+    for leaf in _leaf_optimizers(optimizer):
+        inner = getattr(leaf, "optimizer", None)
+        if inner is None:
+            continue
+        states = [inner.state]
+        base = getattr(inner, "base", None)  # E keeps its base optimizer's state apart
+        if base is not None:
+            states.append(base.state)
+        for state in states:
+            for per_param in state.values():
+                for value in per_param.values():
+                    if torch.is_tensor(value) and value.dim() > 0:
+                        total += value.numel() * value.element_size()
+    return total

@@ -1,0 +1,160 @@
+"""End to end on CPU: real Ray Train, real megatron-core, real gloo, 2 workers.
+
+One Ray instance serves the whole module; every job is a tiny MoE GPT of a few
+steps on a slice of the stdlib corpus.  The runs are module fixtures so that each
+is trained once and looked at by several tests.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from alto_client import metrics as M
+from alto_client.spec import JobSpec
+from fake_service import FakeService
+
+from engine.launch import FAULT_ENV, RunResult, ensure_ray, launch
+from engine.reporting import MetricLog
+
+pytestmark = [pytest.mark.timeout(420), pytest.mark.slow]
+
+STEPS = 6
+
+TINY = {
+    "name": "e2e",
+    "model": {
+        "num_layers": 2,
+        "hidden_size": 64,
+        "num_attention_heads": 4,
+        "ffn_hidden_size": 128,
+        "seq_length": 64,
+        "num_experts": 4,
+        "moe_router_topk": 2,
+    },
+    "data": {"source": "python-stdlib", "max_bytes": 200_000, "validation_fraction": 0.1},
+    "resources": {"workers": 2, "max_failures": 2},
+    "training": {
+        "steps": STEPS,
+        "global_batch_size": 8,
+        "micro_batch_size": 2,
+        "lr": 3e-3,
+        "min_lr": 3e-4,
+        "warmup_steps": 1,
+        "eval_interval": 3,
+        "eval_batches": 1,
+        "checkpoint_interval": 0,  # saves cost ~10 s each on 2 cores; only the fault test needs them
+    },
+    "optimizer": {"name": "alto", "lr": 0.05},  # trust-ratio steps want a larger LR
+}
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+    import ray
+
+    os.environ["ALTO_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    ensure_ray(num_cpus=4)
+    yield
+    ray.shutdown()
+
+
+def train(spec: JobSpec, run_dir: Path) -> RunResult:
+    result = launch(spec, run_dir, start_ray=False)
+    assert result.ok, result.error
+    return result
+
+
+def series(result: RunResult, name: str) -> list[tuple[int, float]]:
+    return [(p.step, p.value) for p in MetricLog(result.run_dir).read() if p.name == name]
+
+
+def losses(result: RunResult) -> list[float]:
+    return [v for _, v in series(result, M.TRAIN_LOSS)]
+
+
+@pytest.fixture(scope="module")
+def dp2(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """Data parallel 2 (each rank holds all 4 experts), ALTO."""
+    return train(JobSpec.from_dict(TINY), tmp_path_factory.mktemp("dp2"))
+
+
+def test_dp2_trains_and_logs_every_step_once(dp2: RunResult) -> None:
+    points = MetricLog(dp2.run_dir).read()
+    per_step = Counter((p.step, p.name) for p in points)
+    assert max(per_step.values()) == 1, "a (step, metric) pair was logged twice"
+    for name in (
+        M.TRAIN_LOSS,
+        M.TRAIN_LR,
+        M.TRAIN_GRAD_NORM,
+        M.TRAIN_TOKENS_PER_S,
+        M.TRAIN_AUX_LOSS,
+        M.OPTIM_STEP_TIME_S,
+    ):
+        assert [s for s, _ in series(dp2, name)] == list(range(1, STEPS + 1)), name
+    loss = losses(dp2)
+    assert all(math.isfinite(v) for v in loss)
+    assert loss[-1] < loss[0] - 0.05, loss
+    val = series(dp2, M.VAL_LOSS)
+    assert [s for s, _ in val] == [3, 6]
+    assert series(dp2, M.VAL_PPL)[-1][1] == pytest.approx(math.exp(val[-1][1]))
+    assert series(dp2, M.MODEL_PARAMS)[0][1] > 100_000
+    assert series(dp2, M.OPTIM_STATE_BYTES)[0][1] > 0
+    assert series(dp2, M.MEM_PEAK_RSS_BYTES)[-1][1] > 0
+
+
+def test_same_spec_and_seed_give_the_same_losses(
+    dp2: RunResult, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The second run also reports to a (fake) service, as the real service would ask."""
+    service = FakeService(job_id="job-e2e")
+    try:
+        spec = JobSpec.from_dict(
+            {**TINY, "report": {"url": service.url, "job_id": "job-e2e", "token": "t0k"}}
+        )
+        again = train(spec, tmp_path_factory.mktemp("dp2-again"))
+    finally:
+        service.close()
+    assert losses(again) == losses(dp2)
+    logged = {(p.step, p.name): p.value for p in MetricLog(again.run_dir).read()}
+    assert service.points == logged  # every point reached the service before the job ended
+    assert set(service.auth) == {"Bearer t0k"}
+
+
+def test_killed_worker_resumes_from_checkpoint_with_same_losses(
+    dp2: RunResult, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 1 is SIGKILLed after step 4; Ray restarts the group from the step-3 checkpoint."""
+    monkeypatch.setenv(FAULT_ENV, "4:1")
+    run_dir = tmp_path_factory.mktemp("fault")
+    spec = JobSpec.from_dict({**TINY, "training": {**TINY["training"], "checkpoint_interval": 3}})
+    result = train(spec, run_dir)
+    assert (run_dir / ".fault_injected").read_text().startswith("killed rank 1 after step 4")
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events] == [("resumed", 3)]
+    steps = [s for s, _ in series(result, M.TRAIN_LOSS)]
+    assert steps == list(range(1, STEPS + 1)), "gap or duplicate step after the restart"
+    assert losses(result) == pytest.approx(losses(dp2), rel=1e-6, abs=1e-6)
+
+
+def test_expert_parallel_2_with_adamw(
+    ray_cluster, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    spec = JobSpec.from_dict(
+        {
+            **TINY,
+            "name": "e2e-ep2",
+            "parallel": {"expert": 2},
+            "optimizer": {"name": "adamw"},
+            "training": TINY["training"],
+        }
+    )
+    result = train(spec, tmp_path_factory.mktemp("ep2"))
+    loss = losses(result)
+    assert len(loss) == STEPS and loss[-1] < loss[0] - 0.05, loss
+    assert [s for s, _ in series(result, M.VAL_LOSS)] == [3, 6]
+    assert series(result, M.TRAIN_AUX_LOSS)[-1][1] > 0
