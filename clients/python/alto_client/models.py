@@ -1,0 +1,225 @@
+"""REST request and response models of the ALTO service (the `/v1` wire format).
+
+These models are shared by the service (which produces them) and the light client (which
+parses them), so both sides agree on one schema without the client importing the service.
+They only use pydantic; the job spec itself lives in `alto_client.spec`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from alto_client.spec import JobSpec, OptimizerSpec
+
+__all__ = [
+    "TERMINAL_STATUSES",
+    "Arm",
+    "ArmSummary",
+    "Comparison",
+    "ComparisonRequest",
+    "ErrorResponse",
+    "FieldError",
+    "IngestResult",
+    "Job",
+    "JobList",
+    "JobStatus",
+    "LatestMetric",
+    "MetricHistory",
+    "MetricSeries",
+]
+
+
+class JobStatus(StrEnum):
+    """Life cycle of a job.
+
+    PENDING: stored, not yet looked at by the scheduler. QUEUED: waiting for cluster
+    resources (or submitted to Ray and waiting for Ray to start it). RUNNING: the Ray job
+    runs. SUCCEEDED / FAILED / CANCELLED: terminal, mirrored from the Ray job's end state.
+    """
+
+    PENDING = "PENDING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        """True when the job can no longer change status."""
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FieldError(_Wire):
+    """One problem with a request, located by its field path (e.g. ["body", "arms", 1, "name"])."""
+
+    loc: list[str | int]
+    msg: str
+    type: str = "value_error"
+
+
+class ErrorResponse(_Wire):
+    """Body of every 4xx/5xx answer: a sentence, plus one entry per bad field when relevant."""
+
+    message: str
+    errors: list[FieldError] = Field(default_factory=list)
+
+
+class LatestMetric(_Wire):
+    """The most recent value of one metric of a job (value None: not finite, e.g. NaN)."""
+
+    step: int
+    value: float | None
+    time: float
+
+
+class Job(_Wire):
+    """A training job as the service tracks it."""
+
+    id: str
+    name: str
+    owner: str
+    tags: list[str] = Field(default_factory=list)
+    status: JobStatus
+    status_reason: str | None = None
+    spec: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    ray_job_id: str | None = None
+    comparison_id: str | None = None
+    arm: str | None = None
+    seed: int | None = None
+    latest_metrics: dict[str, LatestMetric] = Field(default_factory=dict)
+
+    def job_spec(self) -> JobSpec:
+        """The stored spec parsed back into a `JobSpec`."""
+        return JobSpec.model_validate(self.spec)
+
+
+class JobList(_Wire):
+    """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
+
+    items: list[Job]
+    next_cursor: str | None = None
+
+
+class MetricSeries(_Wire):
+    """The history of one metric; `downsampled` says points were dropped to fit max_points.
+
+    A value of None stands for a non-finite value (NaN or infinity, e.g. a diverged loss):
+    plain JSON, which browsers also parse, has no NaN.
+    """
+
+    name: str
+    steps: list[int]
+    values: list[float | None]
+    times: list[float]
+    total_points: int
+    downsampled: bool = False
+
+
+class MetricHistory(_Wire):
+    """Metric histories of one job; `downsampled` is true when any series was downsampled."""
+
+    job_id: str
+    series: list[MetricSeries]
+    downsampled: bool = False
+
+
+class IngestResult(_Wire):
+    """Answer to a metric upload: how many points were new and how many were already stored."""
+
+    accepted: int
+    duplicates: int
+
+
+class Arm(_Wire):
+    """One side of a comparison: a name and the optimizer section it trains with."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    optimizer: OptimizerSpec
+
+
+class ComparisonRequest(_Wire):
+    """Run `spec` once per (arm, seed), changing only the optimizer and the seed."""
+
+    spec: JobSpec
+    arms: list[Arm] = Field(min_length=2, max_length=8)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, max_length=16)
+    baseline: str
+    name: str | None = Field(default=None, max_length=200)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        for s in seeds:
+            if not 0 <= s < 2**31:
+                raise ValueError(f"every seed must be in [0, 2**31), got {s}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _arms_and_baseline(self) -> ComparisonRequest:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be distinct, got {names}")
+        if self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the arms {names}")
+        return self
+
+
+class ArmSummary(_Wire):
+    """What one arm achieved, aggregated over its seeds (mean and sample std).
+
+    Validation-loss fields are None until at least one seed reported val/loss. The
+    speed-up fields compare with the baseline arm's mean final validation loss: the
+    steps and wall time this arm needed to first reach it (`reached_baseline` False
+    means "not reached"), and baseline steps / these steps.
+    """
+
+    name: str
+    status: JobStatus
+    job_ids: list[str]
+    seeds: list[int]
+    final_val_loss_mean: float | None = None
+    final_val_loss_std: float | None = None
+    best_val_loss_mean: float | None = None
+    best_val_loss_std: float | None = None
+    val_loss_delta_vs_baseline: float | None = None
+    reached_baseline: bool | None = None
+    steps_to_baseline: float | None = None
+    wall_time_to_baseline_s: float | None = None
+    step_speedup_vs_baseline: float | None = None
+    tokens_per_s_mean: float | None = None
+    tokens_per_s_ratio: float | None = None
+    peak_memory_bytes_mean: float | None = None
+    peak_memory_overhead_pct: float | None = None
+    optimizer_state_bytes: float | None = None
+    optimizer_state_bytes_ratio: float | None = None
+
+
+class Comparison(_Wire):
+    """A set of jobs that differ only in optimizer and seed, with per-arm results."""
+
+    id: str
+    name: str
+    owner: str
+    status: JobStatus
+    baseline: str
+    seeds: list[int]
+    created_at: datetime
+    arms: list[ArmSummary]

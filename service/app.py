@@ -1,0 +1,117 @@
+"""The app factory: one FastAPI app per service instance, built from `Settings`."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.auth import ADMIN_OWNER, store_token
+from service.cluster import ClusterBackend, RayJobsBackend
+from service.db.migrate import upgrade
+from service.db.session import make_engine, make_session_factory
+from service.errors import install_error_handlers
+from service.limits import BodySizeLimit
+from service.prom import ServiceMetrics
+from service.routers import comparisons, events, health, jobs
+from service.scheduler import Scheduler
+from service.settings import Settings
+from service.state import CapacityCache, ServiceState, TokenCache
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+
+
+def create_app(
+    settings: Settings | None = None,
+    backend: ClusterBackend | None = None,
+    start_scheduler: bool = True,
+) -> FastAPI:
+    """Build the service: migrate the database, wire the cluster backend and scheduler.
+
+    `backend` overrides the Ray backend made from `settings.ray_address` (tests pass an
+    in-process cluster). With `start_scheduler=False` nothing runs in the background;
+    call `app.state.svc.scheduler.run_once()` to advance jobs deterministically.
+    """
+    settings = settings or Settings()
+    engine = make_engine(settings.resolved_database_url())
+    upgrade(engine)
+    factory = make_session_factory(engine)
+    if settings.admin_token:
+        store_token(factory, settings.admin_token, ADMIN_OWNER, admin=True)
+    if backend is None and settings.ray_address:
+        backend = RayJobsBackend(settings.ray_address, auth_token=settings.ray_auth_token)
+    public_url = (settings.public_url or "http://127.0.0.1:8000").rstrip("/")
+    scheduler = (
+        Scheduler(
+            factory,
+            backend,
+            settings.engine_entrypoint,
+            lambda: public_url,
+            interval_s=settings.scheduler_interval_s,
+        )
+        if backend is not None
+        else None
+    )
+    svc = ServiceState(
+        settings=settings,
+        engine=engine,
+        factory=factory,
+        backend=backend,
+        scheduler=scheduler,
+        metrics=ServiceMetrics(factory),
+        tokens=TokenCache(factory),
+        capacity=CapacityCache(backend),
+        public_url=public_url,
+    )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if scheduler is not None and start_scheduler:
+            scheduler.start()
+        try:
+            yield
+        finally:
+            if scheduler is not None:
+                scheduler.stop()
+            close = getattr(backend, "close", None)
+            if callable(close):
+                close()
+            engine.dispose()
+
+    app = FastAPI(
+        title="ALTO service",
+        version=API_VERSION,
+        description="Submit training jobs to Ray, follow their metrics, and compare ALTO "
+        "with AdamW. Authenticate with `Authorization: Bearer <token>`.",
+        lifespan=lifespan,
+    )
+    app.state.svc = svc
+    install_error_handlers(app)
+    app.include_router(health.router)
+    app.include_router(jobs.router)
+    app.include_router(events.router)
+    app.include_router(comparisons.router)
+    if importlib.util.find_spec("service.dashboard") is not None:
+        dashboard = importlib.import_module("service.dashboard")
+        router = getattr(dashboard, "router", None)
+        if router is not None:
+            app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(_TimingMiddleware, metrics=svc.metrics)
+    return app
+
+
+class _TimingMiddleware:
+    """Request-latency histogram (outermost, so it times everything)."""
+
+    def __init__(self, app: object, metrics: ServiceMetrics) -> None:
+        self._inner = metrics.asgi(app)  # type: ignore[arg-type]
+
+    async def __call__(self, scope: object, receive: object, send: object) -> None:
+        await self._inner(scope, receive, send)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Database layer: ORM tables, engine/session creation and migrations."""

@@ -1,0 +1,63 @@
+"""Request dependencies: the caller's identity and the database session."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from service.auth import Principal
+from service.errors import ApiError
+from service.state import ServiceState, get_state
+
+bearer = HTTPBearer(auto_error=False, description="An API token from `alto token create`")
+
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": "Bearer"}
+
+
+def bearer_token(request: Request) -> str:
+    """The token of an `Authorization: Bearer` header, or a 401 naming what is missing."""
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(
+            401,
+            "missing bearer token: send 'Authorization: Bearer <token>' "
+            "(an API token from `alto token create`)",
+            headers=UNAUTHORIZED_HEADERS,
+        )
+    return token.strip()
+
+
+async def current_principal(
+    request: Request,
+    _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """The caller, from a valid API token; 401 otherwise.
+
+    Async on purpose: FastAPI runs sync dependencies in its thread pool, and a thread
+    hop per dependency cost more than the (cached) token lookup itself.
+    """
+    token = bearer_token(request)
+    principal = request.app.state.svc.tokens.get(token)
+    if principal is None:
+        raise ApiError(401, "invalid or revoked API token", headers=UNAUTHORIZED_HEADERS)
+    return principal
+
+
+async def db_session(request: Request) -> AsyncIterator[Session]:
+    """A session for one request; the handler commits what it changes. (Creating and
+    closing a session does no I/O, so this runs on the event loop, not in a thread.)"""
+    session = request.app.state.svc.factory()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+PrincipalDep = Annotated[Principal, Depends(current_principal)]
+SessionDep = Annotated[Session, Depends(db_session)]
+StateDep = Annotated[ServiceState, Depends(get_state)]

@@ -1,0 +1,94 @@
+"""Every error answer is an `ErrorResponse`: a sentence plus the bad fields, never a trace."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from alto_client.models import ErrorResponse, FieldError
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error with a status code and a message for the client."""
+
+    def __init__(
+        self,
+        status_code: int,
+        message: str,
+        errors: list[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.message = message
+        self.errors = errors or []
+        self.headers = headers
+
+
+def error_response(
+    status_code: int,
+    message: str,
+    errors: list[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A JSON error answer in the shared format."""
+    body = ErrorResponse(message=message, errors=errors or [])
+    return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+
+
+def _loc(loc: Any) -> list[str | int]:
+    out: list[str | int] = []
+    for part in loc or ():
+        out.append(part if isinstance(part, int) else str(part))
+    return out
+
+
+def field_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
+    """pydantic/FastAPI error dicts as FieldErrors (location, message, type only)."""
+    return [
+        FieldError(
+            loc=_loc(e.get("loc")),
+            msg=str(e.get("msg", "invalid")),
+            type=str(e.get("type", "value_error")),
+        )
+        for e in errors
+    ]
+
+
+def _summary(errors: list[FieldError]) -> str:
+    shown = "; ".join(
+        f"{'.'.join(str(p) for p in e.loc if p != 'body') or 'body'}: {e.msg}" for e in errors[:10]
+    )
+    more = f" (and {len(errors) - 10} more)" if len(errors) > 10 else ""
+    return f"request is invalid ({len(errors)} problem(s)): {shown}{more}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception to a JSON `ErrorResponse`."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status_code, exc.message, exc.errors, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = field_errors(list(exc.errors()))
+        if any(e.type == "json_invalid" for e in errors):
+            return error_response(400, "request body is not valid JSON", errors)
+        return error_response(422, _summary(errors), errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = exc.detail if isinstance(exc.detail, str) else str(exc.detail)
+        return error_response(exc.status_code, message, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, f"internal error ({type(exc).__name__}); see the service log")

@@ -1,0 +1,204 @@
+"""/v1/comparisons: one job per (arm, seed), and the per-arm verdict and plot."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from alto_client.models import (
+    Comparison,
+    ComparisonRequest,
+    ErrorResponse,
+    FieldError,
+    JobStatus,
+)
+from alto_client.spec import JobSpec
+from fastapi import APIRouter, Header, Path, Request, Response
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from service.auth import Principal
+from service.compare import RunData, Series, combined_status, summarize
+from service.db.tables import ComparisonRow, MetricRow
+from service.deps import PrincipalDep, SessionDep, StateDep
+from service.errors import ApiError, field_errors
+from service.plot import render_comparison
+from service.specs import variant
+from service.submit import check_fits, check_idempotency_key, new_job_row
+from service.validation import spec_problems
+
+router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
+
+COMPARISON_ID = Path(pattern=r"^[A-Za-z0-9_\-]{1,40}$", description="a comparison id")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)
+}
+COMPARED_METRICS = (
+    "train/loss",
+    "val/loss",
+    "train/tokens_per_s",
+    "mem/peak_allocated_bytes",
+    "mem/peak_rss_bytes",
+    "optim/state_bytes",
+)
+
+
+def _arm_specs(req: ComparisonRequest) -> list[tuple[str, int, JobSpec]]:
+    """(arm, seed, spec) for every job of the comparison; 422 listing every bad arm."""
+    out: list[tuple[str, int, JobSpec]] = []
+    errors: list[FieldError] = []
+    base_name = req.name or req.spec.name
+    for i, arm in enumerate(req.arms):
+        for seed in req.seeds:
+            try:
+                spec = variant(
+                    req.spec,
+                    arm.optimizer.model_dump(mode="python"),
+                    seed,
+                    f"{base_name}/{arm.name}/seed{seed}"[:200],
+                )
+            except ValidationError as exc:
+                for e in field_errors(list(exc.errors())):
+                    e.loc = ["body", "arms", i, *e.loc]
+                    errors.append(e)
+                break
+            out.append((arm.name, seed, spec))
+    if errors:
+        raise ApiError(422, f"an arm's optimizer does not fit the spec: {errors[0].msg}", errors)
+    return out
+
+
+def _load(s: Session, principal: Principal, comparison_id: str) -> ComparisonRow:
+    row = s.scalar(select(ComparisonRow).where(ComparisonRow.id == comparison_id))
+    if row is None or (not principal.admin and row.owner != principal.owner):
+        raise ApiError(404, f"no comparison with id {comparison_id!r}")
+    return row
+
+
+def _find_by_key(s: Session, owner: str, key: str) -> ComparisonRow | None:
+    return s.scalar(
+        select(ComparisonRow).where(
+            ComparisonRow.owner == owner, ComparisonRow.idempotency_key == key
+        )
+    )
+
+
+@router.post("", status_code=202, response_model=Comparison, responses=ERRORS)
+def create_comparison(
+    request: Request,
+    response: Response,
+    body: ComparisonRequest,
+    principal: PrincipalDep,
+    s: SessionDep,
+    state: StateDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Comparison:
+    """Create one job per (arm, seed), identical but for optimizer and seed."""
+    key = check_idempotency_key(idempotency_key)
+    problems = spec_problems(body.spec, ["body", "spec"])
+    if problems:
+        raise ApiError(422, f"spec is invalid: {problems[0].msg}", problems)
+    if key is not None and (existing := _find_by_key(s, principal.owner, key)) is not None:
+        response.headers["Location"] = str(
+            request.url_for("get_comparison", comparison_id=existing.id)
+        )
+        return _summary(s, existing)
+    jobs = _arm_specs(body)
+    check_fits(state, body.spec)
+    row = ComparisonRow(
+        id=uuid.uuid4().hex,
+        name=(body.name or body.spec.name)[:200],
+        owner=principal.owner,
+        baseline=body.baseline,
+        arms=[a.name for a in body.arms],
+        seeds=list(body.seeds),
+        idempotency_key=key,
+    )
+    s.add(row)
+    for arm, _seed, spec in jobs:
+        s.add(new_job_row(spec, principal.owner, comparison=row, arm=arm))
+    try:
+        s.commit()
+    except IntegrityError:
+        s.rollback()
+        existing = _find_by_key(s, principal.owner, key) if key else None
+        if existing is None:
+            raise
+        row = existing
+    if state.scheduler is not None:
+        state.scheduler.wake()
+    response.headers["Location"] = str(request.url_for("get_comparison", comparison_id=row.id))
+    return _summary(s, row)
+
+
+def _runs(s: Session, row: ComparisonRow) -> dict[str, list[RunData]]:
+    """Every job's compared metrics, grouped by arm in the comparison's arm order."""
+    arms: dict[str, list[RunData]] = {name: [] for name in row.arms}
+    by_seq: dict[int, RunData] = {}
+    for job in row.jobs:
+        run = RunData(job_id=job.id, seed=int(job.seed or 0), status=JobStatus(job.status))
+        arms.setdefault(job.arm or "?", []).append(run)
+        by_seq[job.seq] = run
+    if by_seq:
+        q = (
+            select(
+                MetricRow.job_seq, MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time
+            )
+            .where(MetricRow.job_seq.in_(list(by_seq)), MetricRow.name.in_(COMPARED_METRICS))
+            .order_by(MetricRow.job_seq, MetricRow.name, MetricRow.step)
+        )
+        for job_seq, name, step, value, t in s.execute(q):
+            series = by_seq[job_seq].series.setdefault(name, Series())
+            series.steps.append(step)
+            series.values.append(float("nan") if value is None else value)
+            series.times.append(t)
+    return arms
+
+
+def _summary(s: Session, row: ComparisonRow) -> Comparison:
+    arms = _runs(s, row)
+    summaries = summarize(arms, row.baseline)
+    return Comparison(
+        id=row.id,
+        name=row.name,
+        owner=row.owner,
+        status=combined_status([a.status for a in summaries]),
+        baseline=row.baseline,
+        seeds=list(row.seeds),
+        created_at=row.created_at,
+        arms=summaries,
+    )
+
+
+@router.get("/{comparison_id}", response_model=Comparison, responses=ERRORS)
+def get_comparison(
+    comparison_id: Annotated[str, COMPARISON_ID], principal: PrincipalDep, s: SessionDep
+) -> Comparison:
+    """Per arm: status, final/best validation loss (mean, spread), difference to the
+    baseline, steps and time to reach the baseline's final loss, throughput ratio,
+    memory overhead and optimizer-state ratio."""
+    return _summary(s, _load(s, principal, comparison_id))
+
+
+@router.get(
+    "/{comparison_id}/plot.png",
+    response_class=Response,
+    responses={**ERRORS, 200: {"content": {"image/png": {}}}},
+)
+async def comparison_plot(
+    comparison_id: Annotated[str, COMPARISON_ID], principal: PrincipalDep, state: StateDep
+) -> Response:
+    """Loss curves of all arms (mean with a band over seeds) and the memory overhead."""
+
+    def draw() -> bytes:
+        with state.factory() as s:
+            row = _load(s, principal, comparison_id)
+            arms = _runs(s, row)
+            summaries = summarize(arms, row.baseline)
+            return render_comparison(row.name, arms, summaries, row.baseline)
+
+    png = await run_in_threadpool(draw)
+    return Response(png, media_type="image/png")

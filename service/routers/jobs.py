@@ -1,0 +1,325 @@
+"""/v1/jobs: submit, list, inspect, cancel, logs, metric histories and uploads."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Annotated, Any
+
+from alto_client.metrics import MetricBatch
+from alto_client.models import (
+    ErrorResponse,
+    FieldError,
+    IngestResult,
+    Job,
+    JobList,
+    JobStatus,
+    MetricHistory,
+    MetricSeries,
+)
+from alto_client.spec import JobSpec
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from service.auth import Principal, hash_token
+from service.cluster import ClusterError
+from service.db.tables import JobRow, JobTag, MetricRow
+from service.deps import (
+    UNAUTHORIZED_HEADERS,
+    PrincipalDep,
+    SessionDep,
+    StateDep,
+    bearer,
+    bearer_token,
+)
+from service.downsample import keep_indices
+from service.errors import ApiError
+from service.repo import (
+    TERMINAL,
+    finite_or_none,
+    insert_points,
+    latest_metrics,
+    set_status,
+    to_wire,
+)
+from service.submit import check_fits, check_idempotency_key, find_job_by_key, new_job_row
+from service.validation import MAX_STEP, METRIC_NAME_RE, spec_problems
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+JOB_ID = Path(pattern=r"^[A-Za-z0-9_\-]{1,40}$", description="a job id")
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)
+}
+
+
+def load_job(s: Session, principal: Principal, job_id: str) -> JobRow:
+    """The job, if the caller may see it; another owner's job is as absent as a missing one."""
+    row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+    if row is None or (not principal.admin and row.owner != principal.owner):
+        raise ApiError(404, f"no job with id {job_id!r}")
+    return row
+
+
+@router.post("", status_code=202, response_model=Job, responses=ERRORS)
+def submit_job(
+    request: Request,
+    response: Response,
+    spec: Annotated[JobSpec, Body(description="the job spec")],
+    principal: PrincipalDep,
+    s: SessionDep,
+    state: StateDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+) -> Job:
+    """Validate, store and queue a job. A retried request with the same Idempotency-Key
+    returns the job the first one created."""
+    key = check_idempotency_key(idempotency_key)
+    problems = spec_problems(spec, ["body"])
+    if problems:
+        raise ApiError(422, f"spec is invalid: {problems[0].msg}", problems)
+    if key is not None:
+        existing = find_job_by_key(s, principal.owner, key)
+        if existing is not None:
+            return _idempotent_answer(existing, spec, response, request)
+    check_fits(state, spec)
+    row = new_job_row(spec, principal.owner, key)
+    s.add(row)
+    try:
+        s.commit()
+    except IntegrityError:  # a concurrent request with the same key won
+        s.rollback()
+        existing = find_job_by_key(s, principal.owner, key) if key else None
+        if existing is None:
+            raise
+        return _idempotent_answer(existing, spec, response, request)
+    if state.scheduler is not None:
+        state.scheduler.wake()
+    response.headers["Location"] = str(request.url_for("get_job", job_id=row.id))
+    return to_wire(row)
+
+
+def _idempotent_answer(row: JobRow, spec: JobSpec, response: Response, request: Request) -> Job:
+    stored = dict(row.spec)
+    new = spec.model_dump(mode="json")
+    new["report"] = None
+    if stored != new:
+        raise ApiError(
+            409,
+            "Idempotency-Key was already used for a different spec "
+            f"(job {row.id}); use a new key for a new job",
+        )
+    response.headers["Location"] = str(request.url_for("get_job", job_id=row.id))
+    return to_wire(row)
+
+
+@router.get("", response_model=JobList, responses=ERRORS)
+def list_jobs(
+    principal: PrincipalDep,
+    s: SessionDep,
+    status: JobStatus | None = None,
+    tag: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00-\x1f]+$")] = None,
+    owner: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00-\x1f]+$")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the last page")
+    ] = None,
+) -> JobList:
+    """Jobs, newest first. Users see their own jobs; admins all, or one owner's."""
+    q = select(JobRow).order_by(JobRow.seq.desc()).limit(limit + 1)
+    if not principal.admin:
+        if owner is not None and owner != principal.owner:
+            return JobList(items=[], next_cursor=None)
+        q = q.where(JobRow.owner == principal.owner)
+    elif owner is not None:
+        q = q.where(JobRow.owner == owner)
+    if status is not None:
+        q = q.where(JobRow.status == status.value)
+    if tag is not None:
+        q = q.where(JobRow.seq.in_(select(JobTag.job_seq).where(JobTag.tag == tag)))
+    if cursor is not None:
+        q = q.where(JobRow.seq < int(cursor))
+    rows = list(s.scalars(q).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return JobList(
+        items=[to_wire(r, latest_metrics(s, r.seq)) for r in rows],
+        next_cursor=str(rows[-1].seq) if more and rows else None,
+    )
+
+
+@router.get("/{job_id}", response_model=Job, responses=ERRORS)
+def get_job(job_id: Annotated[str, JOB_ID], principal: PrincipalDep, s: SessionDep) -> Job:
+    """One job: spec, status and reason, timestamps, Ray job id and latest metrics."""
+    row = load_job(s, principal, job_id)
+    return to_wire(row, latest_metrics(s, row.seq))
+
+
+@router.post("/{job_id}/cancel", status_code=202, response_model=Job, responses=ERRORS)
+def cancel_job(
+    job_id: Annotated[str, JOB_ID], principal: PrincipalDep, s: SessionDep, state: StateDep
+) -> Job:
+    """Cancel a job: a queued one at once, a running one by stopping its Ray job."""
+    row = load_job(s, principal, job_id)
+    if row.status in TERMINAL:
+        raise ApiError(409, f"job {job_id} has already ended ({row.status}); nothing to cancel")
+    row.cancel_requested = True
+    if row.ray_job_id is None:
+        set_status(row, JobStatus.CANCELLED, "cancelled by its owner before it started")
+    else:
+        set_status(row, JobStatus(row.status), "cancellation requested; stopping the Ray job")
+        if state.backend is not None:
+            # on failure the scheduler keeps trying on its next pass
+            with contextlib.suppress(ClusterError):
+                state.backend.stop(row.ray_job_id)
+    s.commit()
+    if state.scheduler is not None:
+        state.scheduler.wake()
+    return to_wire(row)
+
+
+@router.get(
+    "/{job_id}/logs",
+    response_class=PlainTextResponse,
+    responses={**ERRORS, 200: {"content": {"text/plain": {}}}},
+)
+def job_logs(
+    job_id: Annotated[str, JOB_ID],
+    principal: PrincipalDep,
+    s: SessionDep,
+    state: StateDep,
+    tail_bytes: Annotated[int, Query(ge=1, le=50_000_000)] = 1_000_000,
+) -> PlainTextResponse:
+    """The job's driver log from Ray (its last `tail_bytes` bytes); empty before launch."""
+    row = load_job(s, principal, job_id)
+    if row.ray_job_id is None or state.backend is None:
+        return PlainTextResponse("")
+    try:
+        text = state.backend.logs(row.ray_job_id)
+    except ClusterError as exc:
+        raise ApiError(503, f"cannot fetch logs from Ray now: {exc}") from exc
+    return PlainTextResponse(text[-tail_bytes:])
+
+
+@router.get("/{job_id}/metrics", response_model=MetricHistory, responses=ERRORS)
+def job_metrics(
+    job_id: Annotated[str, JOB_ID],
+    principal: PrincipalDep,
+    s: SessionDep,
+    state: StateDep,
+    names: Annotated[
+        str | None,
+        Query(max_length=4000, description="comma-separated metric names; default all"),
+    ] = None,
+    since_step: Annotated[
+        int | None, Query(ge=-1, le=MAX_STEP, description="only steps after this one")
+    ] = None,
+    max_points: Annotated[
+        int | None, Query(ge=2, le=100_000, description="downsample each series to this")
+    ] = None,
+) -> MetricHistory:
+    """Metric histories; series longer than max_points are downsampled on the server
+    (first, last and per-bucket extremes are kept) and say so."""
+    row = load_job(s, principal, job_id)
+    limit = max_points or state.settings.max_points_default
+    q = select(MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time).where(
+        MetricRow.job_seq == row.seq
+    )
+    if names:
+        wanted = [n.strip() for n in names.split(",") if n.strip()]
+        bad = [n for n in wanted if not METRIC_NAME_RE.match(n)]
+        if bad:
+            raise ApiError(
+                422,
+                f"names: {bad[0]!r} is not a metric name (letters, digits and _.:/- only)",
+                [FieldError(loc=["query", "names"], msg=f"not a metric name: {bad[0]!r}")],
+            )
+        q = q.where(MetricRow.name.in_(wanted))
+    if since_step is not None:
+        q = q.where(MetricRow.step > since_step)
+    grouped: dict[str, tuple[list[int], list[float | None], list[float]]] = {}
+    for name, step, value, t in s.execute(q.order_by(MetricRow.name, MetricRow.step)):
+        steps, values, times = grouped.setdefault(name, ([], [], []))
+        steps.append(step)
+        values.append(finite_or_none(value))
+        times.append(t)
+    series = []
+    for name, (steps, values, times) in grouped.items():
+        keep = keep_indices(values, limit)
+        down = len(keep) < len(steps)
+        if down:
+            steps = [steps[i] for i in keep]
+            values = [values[i] for i in keep]
+            times = [times[i] for i in keep]
+        series.append(
+            MetricSeries(
+                name=name,
+                steps=steps,
+                values=values,
+                times=times,
+                total_points=len(grouped[name][0]),
+                downsampled=down,
+            )
+        )
+    return MetricHistory(
+        job_id=row.id, series=series, downsampled=any(x.downsampled for x in series)
+    )
+
+
+def ingest_job(
+    request: Request,
+    job_id: Annotated[str, JOB_ID],
+    s: SessionDep,
+    _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> JobRow:
+    """The job whose ingestion token the request carries (checked before the body is read)."""
+    token = bearer_token(request)
+    row = s.scalar(select(JobRow).where(JobRow.id == job_id))
+    if row is None:
+        raise ApiError(404, f"no job with id {job_id!r}")
+    if row.ingest_token_hash is None or hash_token(token) != row.ingest_token_hash:
+        raise ApiError(
+            401, f"not the ingestion token of job {job_id}", headers=UNAUTHORIZED_HEADERS
+        )
+    return row
+
+
+@router.post("/{job_id}/metrics", response_model=IngestResult, responses=ERRORS)
+def ingest_metrics(
+    job_id: Annotated[str, JOB_ID],
+    row: Annotated[JobRow, Depends(ingest_job)],
+    batch: MetricBatch,
+    s: SessionDep,
+    state: StateDep,
+) -> IngestResult:
+    """Metric upload from the engine, with the job's own token (not an API token).
+    Idempotent by (job, step, name): re-sent points are counted as duplicates."""
+    limit = state.settings.max_metric_points_per_request
+    if len(batch.points) > limit:
+        raise ApiError(413, f"points: at most {limit} points per request, got {len(batch.points)}")
+    errors: list[FieldError] = []
+    for i, p in enumerate(batch.points):
+        if p.step > MAX_STEP:
+            errors.append(
+                FieldError(loc=["body", "points", i, "step"], msg=f"must be <= {MAX_STEP}")
+            )
+        if not METRIC_NAME_RE.match(p.name):
+            errors.append(
+                FieldError(
+                    loc=["body", "points", i, "name"],
+                    msg="a metric name is 1-200 letters, digits or _.:/- characters",
+                )
+            )
+        if not math.isfinite(p.time):
+            errors.append(FieldError(loc=["body", "points", i, "time"], msg="must be finite"))
+        if len(errors) >= 50:
+            break
+    if errors:
+        raise ApiError(422, f"points are invalid: {errors[0].msg}", errors)
+    accepted = insert_points(s, row.seq, ((p.step, p.name, p.value, p.time) for p in batch.points))
+    s.commit()
+    state.metrics.points.inc(accepted)
+    return IngestResult(accepted=accepted, duplicates=len(batch.points) - accepted)

@@ -1,0 +1,77 @@
+"""Creating jobs: checks against the cluster, idempotency keys, rows and tags."""
+
+from __future__ import annotations
+
+import uuid
+
+from alto_client.models import JobStatus
+from alto_client.spec import JobSpec
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db.tables import ComparisonRow, JobRow, JobTag, utcnow
+from service.errors import ApiError
+from service.specs import never_fits_reason, resource_request
+from service.state import ServiceState
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+def check_idempotency_key(key: str | None) -> str | None:
+    """An Idempotency-Key must be short printable text (it is stored and indexed)."""
+    if key is None:
+        return None
+    if not (1 <= len(key) <= MAX_IDEMPOTENCY_KEY) or not key.isprintable():
+        raise ApiError(
+            400,
+            f"Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} printable characters, "
+            f"got {len(key)} characters",
+        )
+    return key
+
+
+def check_fits(state: ServiceState, spec: JobSpec, where: str = "spec") -> None:
+    """Reject now a job the cluster can never run (when the cluster's size is known)."""
+    capacity = state.capacity.get()
+    if capacity is None or not capacity.nodes:
+        return
+    reason = never_fits_reason(spec, capacity)
+    if reason is not None:
+        raise ApiError(422, f"{where} can never run on this cluster: {reason}")
+
+
+def new_job_row(
+    spec: JobSpec,
+    owner: str,
+    idempotency_key: str | None = None,
+    comparison: ComparisonRow | None = None,
+    arm: str | None = None,
+) -> JobRow:
+    """A PENDING job row for `spec` (not yet added to a session)."""
+    now = utcnow()
+    data = spec.model_dump(mode="json")
+    data["report"] = None  # the service fills it in at launch; never store a caller's token
+    row = JobRow(
+        id=uuid.uuid4().hex,
+        name=spec.name,
+        owner=owner,
+        status=JobStatus.PENDING.value,
+        status_reason="accepted; waiting for the scheduler",
+        spec=data,
+        resources=resource_request(spec),
+        created_at=now,
+        updated_at=now,
+        cancel_requested=False,
+        idempotency_key=idempotency_key,
+        arm=arm,
+        seed=spec.training.seed if comparison is not None else None,
+    )
+    row.tags = [JobTag(tag=t) for t in dict.fromkeys(spec.tags)]
+    if comparison is not None:
+        row.comparison = comparison
+    return row
+
+
+def find_job_by_key(s: Session, owner: str, key: str) -> JobRow | None:
+    """The job an earlier submission with this Idempotency-Key created."""
+    return s.scalar(select(JobRow).where(JobRow.owner == owner, JobRow.idempotency_key == key))
