@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m alto.demo
+	$(PY) -m alto_client.cli demo
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q tests

@@ -1,0 +1,63 @@
+"""HTTP routes of the dashboard: the three pages and their static assets.
+
+Pages carry no data and need no token: the script fetches everything from the
+/v1 API with the token the user supplies (in the URL fragment `#token=...`,
+which browsers never send to the server, or typed into the page), so the
+dashboard enforces exactly the API's permissions and adds no second auth path.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+STATIC_DIR = Path(__file__).parent / "static"
+ASSETS = {"app.js": "text/javascript", "app.css": "text/css", "favicon.svg": "image/svg+xml"}
+_ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
+
+router = APIRouter(include_in_schema=False)
+
+
+@lru_cache(maxsize=8)
+def _read(name: str) -> bytes:
+    return (STATIC_DIR / name).read_bytes()
+
+
+def _page(kind: str, object_id: str = "") -> HTMLResponse:
+    """The one HTML shell; the script picks the page from `data-page`/`data-id`."""
+    if object_id and not _ID.match(object_id):
+        raise HTTPException(status_code=404, detail=f"no such {kind}: {object_id!r}")
+    html = _read("index.html").decode("utf-8")
+    html = html.replace("{{page}}", kind).replace("{{id}}", object_id)
+    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+
+
+@router.get("/", response_class=HTMLResponse)
+def jobs_page() -> HTMLResponse:
+    """The jobs table (live status)."""
+    return _page("jobs")
+
+
+@router.get("/jobs/{job_id}", response_class=HTMLResponse)
+def job_page(job_id: str) -> HTMLResponse:
+    """One job: live training/validation loss, throughput and memory."""
+    return _page("job", job_id)
+
+
+@router.get("/comparisons/{comparison_id}", response_class=HTMLResponse)
+def comparison_page(comparison_id: str) -> HTMLResponse:
+    """A comparison: arms' curves (mean and spread over seeds), table, memory bars."""
+    return _page("comparison", comparison_id)
+
+
+@router.get("/dashboard/static/{name}")
+def asset(name: str) -> Response:
+    """The dashboard's own script, stylesheet and icon (nothing else is served)."""
+    media_type = ASSETS.get(name)
+    if media_type is None:
+        raise HTTPException(status_code=404, detail=f"no such dashboard asset: {name!r}")
+    return Response(_read(name), media_type=media_type, headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,173 @@
+"""The dashboard in headless Chromium: a finished comparison's numbers match the API.
+
+Uses Debian's chromium (/usr/bin/chromium) driven by Playwright; no browser is
+downloaded. Screenshots go to $ALTO_TEST_ARTIFACTS (default: the test's tmp dir).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alto_client.client import Client
+from alto_client.models import Comparison
+from livesvc import TINY_SPEC, LiveService
+
+pytestmark = pytest.mark.timeout(180)
+
+CHROMIUM = os.environ.get("ALTO_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+if not (Path(CHROMIUM).exists() or shutil.which(CHROMIUM)):
+    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, svc: LiveService):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    p = context.new_page()
+    errors: list[str] = []
+    p.on("pageerror", lambda exc: errors.append(str(exc)))
+    p.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    p.goto(f"{svc.url}/#token={svc.admin_token}")  # stores the token for this context
+    p.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    yield p
+    context.close()
+    assert errors == [], errors
+
+
+@pytest.fixture(scope="module")
+def finished(svc: LiveService) -> Comparison:
+    spec = {**TINY_SPEC, "tags": ["dash", uuid.uuid4().hex[:8]]}
+    with Client(svc.url, svc.admin_token) as client:
+        comp = client.compare(spec, ["alto", "adamw"], seeds=2, name="dashboard-check")
+        return client.wait_comparison(comp.id, timeout=90, poll_interval=0.2)
+
+
+def _artifacts(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("ALTO_TEST_ARTIFACTS", tmp_path))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def test_comparison_page_shows_the_apis_numbers(
+    page, svc: LiveService, finished: Comparison, tmp_path: Path
+) -> None:
+    assert finished.status.value == "SUCCEEDED"
+    page.goto(f"{svc.url}/comparisons/{finished.id}")
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    assert page.title().startswith("dashboard-check")
+    fields = (
+        "final_val_loss_mean",
+        "best_val_loss_mean",
+        "val_loss_delta_vs_baseline",
+        "steps_to_baseline",
+        "tokens_per_s_mean",
+        "peak_memory_overhead_pct",
+        "optimizer_state_bytes_ratio",
+    )
+    for arm in finished.arms:
+        row = page.locator(f'#summary tr[data-arm="{arm.name}"]')
+        assert row.count() == 1
+        assert row.locator("[data-status]").inner_text() == arm.status.value
+        for field in fields:
+            raw = row.locator(f'[data-field="{field}"]').get_attribute("data-value")
+            expected = getattr(arm, field)
+            if field == "val_loss_delta_vs_baseline" and arm.name == finished.baseline:
+                expected = None
+            if expected is None:
+                assert raw == "", (arm.name, field, raw)
+            else:
+                assert float(raw) == pytest.approx(expected, rel=1e-12), (arm.name, field)
+        shown = row.locator('[data-field="final_val_loss_mean"]').inner_text()
+        assert shown.startswith(f"{arm.final_val_loss_mean:.4g}")
+    alto = page.locator('#summary tr[data-arm="alto"]')
+    assert "steps (" in alto.locator('[data-field="steps_to_baseline"]').inner_text()
+    # one curve per arm in each loss chart, a band per arm (two seeds), bars per arm
+    for chart in ("#chart-val", "#chart-train"):
+        assert page.locator(f"{chart} svg path").count() == len(finished.arms)
+        assert page.locator(f"{chart} svg polygon").count() == len(finished.arms)
+    assert page.locator("#chart-state svg rect").count() == len(finished.arms)
+    shot = _artifacts(tmp_path) / "dashboard-comparison.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_jobs_and_job_pages(page, svc: LiveService, finished: Comparison, tmp_path: Path) -> None:
+    job_ids = [j for arm in finished.arms for j in arm.job_ids]
+    page.goto(f"{svc.url}/")
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    for job_id in job_ids:
+        row = page.locator(f'#jobs-table tr[data-job="{job_id}"]')
+        assert row.locator("[data-status]").inner_text() == "SUCCEEDED"
+    page.select_option("#status-filter", "FAILED")
+    page.wait_for_function(
+        "document.querySelectorAll('#jobs-table tr[data-job]').length === 0", timeout=10_000
+    )
+    with Client(svc.url, svc.admin_token) as client:
+        job = client.job(job_ids[0])
+    page.goto(f"{svc.url}/jobs/{job.id}")
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    val = page.locator('[data-field="val/loss"]').inner_text()
+    assert val == f"{job.latest_metrics['val/loss'].value:.4g}"
+    assert page.locator('[data-field="step"]').inner_text() == "12/12"
+    assert page.locator("#chart-loss svg path").count() == 2  # train and validation loss
+    page.screenshot(path=str(_artifacts(tmp_path) / "dashboard-job.png"), full_page=True)
+
+
+def test_live_job_page_follows_a_running_job(page, svc: LiveService) -> None:
+    spec = {**TINY_SPEC, "training": {**TINY_SPEC["training"], "steps": 150}}
+    with Client(svc.url, svc.admin_token) as client:
+        job = client.submit(spec)
+        page.goto(f"{svc.url}/jobs/{job.id}")
+        page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+        page.wait_for_selector('[data-status="SUCCEEDED"]', timeout=60_000)  # no reload
+        final = client.job(job.id)
+    assert final.status.value == "SUCCEEDED"
+    assert page.locator('[data-field="step"]').inner_text() == "150/150"
+
+
+def test_without_a_token_the_page_asks_for_one(browser, svc: LiveService) -> None:
+    context = browser.new_context()
+    p = context.new_page()
+    try:
+        p.goto(f"{svc.url}/")
+        p.wait_for_selector("#login:not([hidden])", timeout=15_000)
+        p.fill("#login-token", "alto_wrong_token")
+        p.click("#login-form button")
+        p.wait_for_function(
+            "document.getElementById('login-error').textContent.includes('not accepted')",
+            timeout=15_000,
+        )
+        p.fill("#login-token", svc.admin_token)
+        p.click("#login-form button")
+        p.wait_for_selector("body[data-ready=yes]", timeout=15_000)
+        assert p.locator("#login").is_hidden()
+    finally:
+        context.close()
+
+
+def test_unknown_job_shows_the_apis_message(browser, svc: LiveService) -> None:
+    context = browser.new_context()
+    p = context.new_page()
+    try:
+        p.goto(f"{svc.url}/jobs/0123456789abcdef#token={svc.admin_token}")
+        p.wait_for_selector("#error:not([hidden])", timeout=15_000)
+        text = p.locator("#error").inner_text()
+        assert text.startswith("404") and "0123456789abcdef" in text
+        assert p.locator("#live").inner_text() == ""  # a 404 is not retried
+    finally:
+        context.close()
