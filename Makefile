@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU wheel; a looser pin pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e "./clients/python[cli]" -e ".[engine,service,postgres,dev]"
+	$(PY) -m pip install --quiet -e "./clients/python[cli]" -e ".[engine,service,postgres,gpu,dev]"
 	touch $(STAMP)
 
 install: $(STAMP)

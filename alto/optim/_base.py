@@ -46,6 +46,22 @@ def trust_ratios(sq: Tensor, form: TrustRatioForm, eps2: float, eps3: float) -> 
     return phi / (r + eps2 * phi)
 
 
+def _check_state_dtype(value: torch.dtype | None, implementation: str) -> torch.dtype | None:
+    """state_dtype: None/float32 everywhere; bfloat16 only where the math stays fp32 (fused)."""
+    if value is None or value == torch.float32:
+        return None
+    if value != torch.bfloat16:
+        raise ValueError(
+            f"state_dtype must be None, torch.float32 or torch.bfloat16, got {value!r}"
+        )
+    if implementation != "fused":
+        raise ValueError(
+            "state_dtype=torch.bfloat16 needs the fused implementation (CUDA parameters "
+            f"and triton; fused=None or True), but this optimizer runs {implementation!r}"
+        )
+    return value
+
+
 class TrustRatioAdam(torch.optim.Optimizer):
     """Base class of ALTO and Lamb; not meant to be used directly.
 
@@ -68,6 +84,7 @@ class TrustRatioAdam(torch.optim.Optimizer):
         foreach: bool | None,
         fused: bool | None,
         norm_reducer: NormReducer | None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         self.trust_ratio = check.choice("trust_ratio", trust_ratio, ("published", "paper"))
         if isinstance(trust_ratio_eps, str) or not isinstance(trust_ratio_eps, tuple | list):
@@ -94,6 +111,8 @@ class TrustRatioAdam(torch.optim.Optimizer):
         all_params = [p for g in self.param_groups for p in g["params"]]
         self._impl, self.implementation = _dispatch.resolve(foreach, fused, all_params)
         self._step_on_device = bool(getattr(self._impl, "STEP_ON_PARAM_DEVICE", False))
+        # fused helper: optional bf16 storage of m, v, c (the fused kernels compute in fp32)
+        self.state_dtype = _check_state_dtype(state_dtype, self.implementation)
         self._uses_workspace = bool(getattr(self._impl, "USES_WORKSPACE", False))
         self.skipped_steps = 0
         self.last_step_skipped = False
@@ -131,12 +150,18 @@ class TrustRatioAdam(torch.optim.Optimizer):
         return (0.0, *betas) if self._n_betas == 2 else tuple(betas)
 
     # ------------------------------------------------------------------ state
+    def _state_dtype_for(self, p: Tensor) -> torch.dtype:
+        """fp32 (fp64 for fp64 params), or the requested bf16 state for other params."""
+        if self.state_dtype is None or p.dtype == torch.float64:
+            return state_dtype(p)
+        return self.state_dtype
+
     def _state_for(self, p: Tensor) -> dict[str, Any]:
         state = self.state[p]
         if len(state) == 0:
             step_device = p.device if self._step_on_device else torch.device("cpu")
             state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
-            dtype = state_dtype(p)
+            dtype = self._state_dtype_for(p)
             fmt = torch.preserve_format
             state["exp_avg"] = torch.zeros_like(p, dtype=dtype, memory_format=fmt)
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=dtype, memory_format=fmt)
@@ -162,7 +187,9 @@ class TrustRatioAdam(torch.optim.Optimizer):
                     src = saved[index]
                     for key in _STATE_KEYS:
                         if key in src:
-                            st[key] = src[key].to(device=p.device, dtype=state_dtype(p)).clone()
+                            st[key] = (
+                                src[key].to(device=p.device, dtype=self._state_dtype_for(p)).clone()
+                            )
                     step_device = p.device if self._step_on_device else torch.device("cpu")
                     st["step"] = (
                         torch.as_tensor(src["step"], dtype=torch.float32).to(step_device).clone()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from alto.optim import _validate as check
@@ -60,6 +61,9 @@ class ALTO(TrustRatioAdam):
             ``[||theta||^2, ||r||^2]`` of the N trust-ratio parameters that have a
             gradient (param_groups order), also when N == 0. Sharded or
             tensor-parallel training sums the partial norms across ranks here.
+        state_dtype: None (fp32 m, v, c; fp64 for fp64 params) or torch.bfloat16 to
+            store m, v, c in bf16 (half the state memory; the fused path computes in
+            fp32 and rounds once on store). bf16 needs the fused implementation.
     """
 
     _n_betas = 3
@@ -81,6 +85,7 @@ class ALTO(TrustRatioAdam):
         foreach: bool | None = None,
         fused: bool | None = None,
         norm_reducer: NormReducer | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, alpha=alpha, eps=eps, weight_decay=weight_decay)
         super().__init__(
@@ -93,6 +98,7 @@ class ALTO(TrustRatioAdam):
             foreach=foreach,
             fused=fused,
             norm_reducer=norm_reducer,
+            state_dtype=state_dtype,
         )
 
     def _check_group(self, group: dict[str, Any], name: Callable[[str], str]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from alto.optim import _validate as check
@@ -44,6 +45,7 @@ class Lamb(TrustRatioAdam):
         foreach: bool | None = None,
         fused: bool | None = None,
         norm_reducer: NormReducer | None = None,
+        state_dtype: torch.dtype | None = None,
     ) -> None:
         defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         super().__init__(
@@ -56,6 +58,7 @@ class Lamb(TrustRatioAdam):
             foreach=foreach,
             fused=fused,
             norm_reducer=norm_reducer,
+            state_dtype=state_dtype,
         )
 
     def _check_group(self, group: dict[str, Any], name: Callable[[str], str]) -> None:
