@@ -66,7 +66,7 @@ def render_comparison(
     overhead = [s.peak_memory_overhead_pct or 0.0 for s in summaries]
     ax_mem.bar(names, overhead, color=[f"C{i}" for i in range(len(names))])
     ax_mem.axhline(0.0, color="black", linewidth=0.8)
-    ax_mem.set_title(f"peak memory vs {baseline} (%)")
+    ax_mem.set_title(f"peak memory\nvs {baseline} (%)")
     ax_mem.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
