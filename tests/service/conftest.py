@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +77,18 @@ def make_settings(backend: str, tmp_path: Path, **overrides: object) -> Settings
 @pytest.fixture(params=BACKENDS)
 def db_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
+
+
+@pytest.fixture
+def settings_factory() -> Callable[..., Settings]:
+    """make_settings for tests that build their own app; a fixture, because
+    `from conftest import ...` resolves to whichever tests/*/conftest.py came first."""
+    return make_settings
+
+
+@pytest.fixture
+def admin_token() -> str:
+    return ADMIN_TOKEN
 
 
 @pytest.fixture

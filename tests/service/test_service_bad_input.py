@@ -71,17 +71,16 @@ def test_bad_idempotency_keys(svc):
     assert_4xx(svc.client.post("/v1/jobs", json=tiny_spec(), headers=h), 400, "Idempotency-Key")
 
 
-def test_oversized_bodies_get_413(db_backend, tmp_path):
-    from conftest import ADMIN_TOKEN, make_settings  # type: ignore[import-not-found]
+def test_oversized_bodies_get_413(db_backend, tmp_path, settings_factory, admin_token):
     from fastapi.testclient import TestClient
     from svc_fakes import FakeCluster
 
     from service.app import create_app
 
-    settings = make_settings(db_backend, tmp_path, max_body_bytes=4096)
+    settings = settings_factory(db_backend, tmp_path, max_body_bytes=4096)
     assert isinstance(settings, Settings)
     app = create_app(settings, backend=FakeCluster(), start_scheduler=False)
-    h = {"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"}
+    h = {"Authorization": f"Bearer {admin_token}", "Content-Type": "application/json"}
     with TestClient(app) as c:
         big = json.dumps({**tiny_spec(), "tags": ["x" * 90] * 60})
         r = c.post("/v1/jobs", content=big.encode(), headers=h)
