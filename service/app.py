@@ -39,7 +39,7 @@ def create_app(
     call `app.state.svc.scheduler.run_once()` to advance jobs deterministically.
     """
     settings = settings or Settings()
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(settings.resolved_database_url(), settings.db_pool_size)
     upgrade(engine)
     factory = make_session_factory(engine)
     if settings.admin_token:

@@ -1,35 +1,196 @@
-"""Database operations on jobs and metrics shared by the API and the scheduler."""
+"""Database operations on jobs and metrics shared by the API and the scheduler.
+
+Status changes are compare-and-set updates: each applies only while the row still holds
+what its caller decided on, so the API's cancels and the scheduler's reconciliation
+never overwrite each other's news, whichever commits first.
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from enum import Enum
+from typing import Any
 
 from alto_client.models import Job, JobStatus, LatestMetric
-from sqlalchemy import text
+from sqlalchemy import Row, Select, bindparam, func, literal, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from service.db.tables import JobRow, MetricRow, utcnow
+from service.db.tables import ComparisonRow, JobRow, JobTag, MetricRow, UTCDateTime, utcnow
 
 TERMINAL = {s.value for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)}
+WAITING = (JobStatus.PENDING.value, JobStatus.QUEUED.value)
+
+_JOBS = JobRow.__table__
 
 
-def set_status(row: JobRow, status: JobStatus, reason: str | None) -> bool:
-    """Move a job to `status`; terminal states are final. Returns True when anything changed."""
-    if row.status in TERMINAL:
-        return False
-    if row.status == status.value and row.status_reason == reason:
-        return False
+def transition(
+    s: Session,
+    seq: int,
+    *,
+    expect_status: str,
+    expect_cancel: bool,
+    status: JobStatus,
+    reason: str | None,
+) -> bool:
+    """Move job `seq` to `status` with `reason`, but only while its row still has
+    `expect_status` and a `cancel_requested` equal to `expect_cancel` (the view the caller decided on).
+
+    Returns whether the update applied; when it did not, someone else changed the job
+    first and the caller should decide again on fresh data. Terminal states are final
+    because `expect_status` is never one.
+    """
     now = utcnow()
-    row.status = status.value
-    row.status_reason = reason
-    row.updated_at = now
-    if status == JobStatus.RUNNING and row.started_at is None:
-        row.started_at = now
+    values: dict[str, Any] = {"status": status.value, "status_reason": reason, "updated_at": now}
+    if status is JobStatus.RUNNING:
+        values["started_at"] = func.coalesce(_JOBS.c.started_at, literal(now, UTCDateTime()))
     if status.value in TERMINAL:
-        row.finished_at = now
-    return True
+        values["finished_at"] = now
+    stmt = (
+        update(_JOBS)
+        .where(
+            _JOBS.c.seq == seq,
+            _JOBS.c.status == expect_status,
+            _JOBS.c.cancel_requested == expect_cancel,
+            _JOBS.c.status.not_in(TERMINAL),
+        )
+        .values(values)
+    )
+    return s.execute(stmt).rowcount == 1
+
+
+def claim_launch(
+    s: Session, seq: int, submission_id: str, token_hash: str, *, resubmit: bool
+) -> bool:
+    """Record that job `seq` is being submitted to Ray under `submission_id`, with a new
+    ingestion token, if it is still waiting and nobody asked to cancel it.
+
+    A first launch claims a job without a submission id; a resubmission (Ray lost the
+    job before it started) claims one that still has this id and never ran. The claim
+    is committed before Ray hears of the job, so a crash in between cannot start it
+    twice (submission ids are deterministic) and a cancel after it finds the id.
+    """
+    where = [
+        _JOBS.c.seq == seq,
+        _JOBS.c.status.in_(WAITING),
+        _JOBS.c.cancel_requested.is_(False),
+    ]
+    if resubmit:
+        where += [_JOBS.c.ray_job_id == submission_id, _JOBS.c.started_at.is_(None)]
+    else:
+        where.append(_JOBS.c.ray_job_id.is_(None))
+    stmt = (
+        update(_JOBS)
+        .where(*where)
+        .values(ray_job_id=submission_id, ingest_token_hash=token_hash, updated_at=utcnow())
+    )
+    return s.execute(stmt).rowcount == 1
+
+
+class CancelOutcome(Enum):
+    CANCELLED = "cancelled"  # it had not been submitted to Ray: cancelled at once
+    STOPPING = "stopping"  # on Ray: the caller stops the Ray job, the scheduler follows up
+    ENDED = "ended"  # it had already ended: nothing to cancel
+
+
+def request_cancel(s: Session, seq: int) -> CancelOutcome:
+    """Ask for job `seq` to be cancelled (the caller commits)."""
+    now = utcnow()
+    unsubmitted = (
+        update(_JOBS)
+        .where(_JOBS.c.seq == seq, _JOBS.c.ray_job_id.is_(None), _JOBS.c.status.not_in(TERMINAL))
+        .values(
+            cancel_requested=True,
+            status=JobStatus.CANCELLED.value,
+            status_reason="cancelled by its owner before it started",
+            updated_at=now,
+            finished_at=now,
+        )
+    )
+    if s.execute(unsubmitted).rowcount == 1:
+        return CancelOutcome.CANCELLED
+    launched = (
+        update(_JOBS)
+        .where(_JOBS.c.seq == seq, _JOBS.c.status.not_in(TERMINAL))
+        .values(
+            cancel_requested=True,
+            status_reason="cancellation requested; stopping the Ray job",
+            updated_at=now,
+        )
+    )
+    if s.execute(launched).rowcount == 1:
+        return CancelOutcome.STOPPING
+    return CancelOutcome.ENDED
+
+
+# ---------------------------------------------------------------- reading jobs
+
+_TAG_SEPARATOR = "\x1f"  # tags are printable, so a control character cannot occur in one
+
+
+def _job_select() -> Select[Any]:
+    tags = (
+        select(func.aggregate_strings(JobTag.tag, _TAG_SEPARATOR))
+        .where(JobTag.job_seq == JobRow.seq)
+        .scalar_subquery()
+    )
+    return select(
+        JobRow.seq,
+        JobRow.id,
+        JobRow.name,
+        JobRow.owner,
+        JobRow.status,
+        JobRow.status_reason,
+        JobRow.spec,
+        JobRow.created_at,
+        JobRow.updated_at,
+        JobRow.started_at,
+        JobRow.finished_at,
+        JobRow.ray_job_id,
+        JobRow.arm,
+        JobRow.seed,
+        ComparisonRow.id.label("comparison_id"),
+        tags.label("tags"),
+    ).outerjoin(ComparisonRow, JobRow.comparison_seq == ComparisonRow.seq)
+
+
+JOB_SELECT = _job_select()
+"""Everything the REST form of a job needs except its latest metrics, in one query;
+narrow it with `.where(...)`."""
+
+# built once: SQLAlchemy memoizes a statement's cache key, so the per-request cost is the
+# query itself, not building and hashing the expression again
+JOB_BY_ID = JOB_SELECT.where(JobRow.id == bindparam("job_id"))
+JOB_BY_SEQ = JOB_SELECT.where(JobRow.seq == bindparam("seq"))
+
+
+def read_job(s: Session, seq: int) -> Job:
+    """The REST form of job `seq` as stored now, with its latest metrics."""
+    record = s.execute(JOB_BY_SEQ, {"seq": seq}).one()
+    return to_wire(record, latest_metrics(s, seq))
+
+
+def to_wire(record: Row[Any], latest: dict[str, LatestMetric] | None = None) -> Job:
+    """The REST form of a row of `JOB_SELECT`."""
+    return Job(
+        id=record.id,
+        name=record.name,
+        owner=record.owner,
+        tags=sorted(record.tags.split(_TAG_SEPARATOR)) if record.tags else [],
+        status=JobStatus(record.status),
+        status_reason=record.status_reason,
+        spec=record.spec,
+        created_at=record.created_at,
+        updated_at=record.updated_at,
+        started_at=record.started_at,
+        finished_at=record.finished_at,
+        ray_job_id=record.ray_job_id,
+        comparison_id=record.comparison_id,
+        arm=record.arm,
+        seed=record.seed,
+        latest_metrics=latest or {},
+    )
 
 
 _LATEST_SQL = text(
@@ -57,28 +218,6 @@ def finite_or_none(value: float | None) -> float | None:
     if value is None or not math.isfinite(value):
         return None
     return value
-
-
-def to_wire(row: JobRow, latest: dict[str, LatestMetric] | None = None) -> Job:
-    """The REST representation of a job row."""
-    return Job(
-        id=row.id,
-        name=row.name,
-        owner=row.owner,
-        tags=sorted(t.tag for t in row.tags),
-        status=JobStatus(row.status),
-        status_reason=row.status_reason,
-        spec=row.spec,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        ray_job_id=row.ray_job_id,
-        comparison_id=row.comparison.id if row.comparison_seq is not None else None,
-        arm=row.arm,
-        seed=row.seed,
-        latest_metrics=latest or {},
-    )
 
 
 def insert_points(s: Session, job_seq: int, points: Iterable[tuple[int, str, float, float]]) -> int:

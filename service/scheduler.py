@@ -9,7 +9,10 @@ One background thread runs `run_once()` every `scheduler_interval_s`:
   minus what this service's running jobs hold, has room for them.
 
 All state lives in the database, so a restarted service simply carries on: running
-Ray jobs are re-attached by their submission id.
+Ray jobs are re-attached by their submission id. Every write is a compare-and-set
+against what the pass read (`service.repo.transition`, `claim_launch`), so an owner's
+cancel that lands mid-pass is never overwritten: the pass's write misses and the next
+pass decides again (`service.reconcile.decide`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ from service.auth import hash_token, new_token
 from service.cluster import ClusterBackend, ClusterError
 from service.db.session import session_scope
 from service.db.tables import JobRow
-from service.repo import TERMINAL, set_status
+from service.reconcile import WAITING_FOR_RAY, Action, Decision, JobView, decide
+from service.repo import TERMINAL, WAITING, claim_launch, transition
 from service.specs import fits, never_fits_reason, with_report
 
 log = logging.getLogger(__name__)
@@ -108,60 +112,59 @@ class Scheduler:
                 log.warning("cluster unavailable: %s", exc)
 
     def _reconcile(self) -> None:
+        """Follow every launched, unfinished job's Ray state. Reads six columns per job,
+        not whole rows: with a thousand jobs running, loading specs every second would
+        hold the GIL long enough to delay the API's answers."""
         with session_scope(self._factory) as s:
-            rows = s.scalars(
-                select(JobRow)
-                .where(JobRow.ray_job_id.is_not(None), JobRow.status.not_in(TERMINAL))
-                .order_by(JobRow.seq)
-            ).all()
-            for row in rows:
-                self._reconcile_one(s, row)
+            views = [
+                JobView(seq, ray_id, status, reason, cancel, started is not None)
+                for seq, ray_id, status, reason, cancel, started in s.execute(
+                    select(
+                        JobRow.seq,
+                        JobRow.ray_job_id,
+                        JobRow.status,
+                        JobRow.status_reason,
+                        JobRow.cancel_requested,
+                        JobRow.started_at,
+                    )
+                    .where(JobRow.ray_job_id.is_not(None), JobRow.status.not_in(TERMINAL))
+                    .order_by(JobRow.seq)
+                )
+            ]
+            s.commit()  # end the read: nothing is held while Ray answers
+            for view in views:
+                decision = decide(view, self._backend.state(view.ray_job_id))
+                if decision.action is not Action.KEEP:
+                    self._apply(s, view, decision)
+                    s.commit()  # one job at a time: a slow Ray call holds no write lock
 
-    def _reconcile_one(self, s: Session, row: JobRow) -> None:
-        assert row.ray_job_id is not None
-        state = self._backend.state(row.ray_job_id)
-        if state is None:
-            if row.cancel_requested:
-                set_status(row, JobStatus.CANCELLED, "cancelled before Ray started it")
-            elif row.started_at is None:
-                self._launch(s, row)
-            else:
-                set_status(
-                    row,
-                    JobStatus.FAILED,
-                    f"Ray has no record of job {row.ray_job_id} any more "
-                    "(was the Ray cluster restarted?)",
-                )
+    def _apply(self, s: Session, view: JobView, decision: Decision) -> None:
+        if decision.action is Action.LAUNCH:
+            job_id, spec = s.execute(
+                select(JobRow.id, JobRow.spec).where(JobRow.seq == view.seq)
+            ).one()
+            self._launch(s, view.seq, view.status, job_id, spec, resubmit=True)
             return
-        if row.cancel_requested and state.status in ("PENDING", "RUNNING"):
-            self._backend.stop(row.ray_job_id)
-            set_status(row, JobStatus(row.status), "cancellation requested; stopping the Ray job")
-            return
-        if state.status == "PENDING":
-            set_status(row, JobStatus.QUEUED, "submitted to Ray; waiting for Ray to start it")
-        elif state.status == "RUNNING":
-            set_status(row, JobStatus.RUNNING, None)
-        elif state.status == "SUCCEEDED":
-            set_status(row, JobStatus.SUCCEEDED, None)
-        elif state.status == "FAILED":
-            set_status(row, JobStatus.FAILED, _reason(state.message, "the Ray job failed"))
-        elif state.status == "STOPPED":
-            if row.cancel_requested:
-                set_status(row, JobStatus.CANCELLED, "cancelled by its owner")
-            else:
-                set_status(
-                    row,
-                    JobStatus.FAILED,
-                    _reason(state.message, "the Ray job was stopped outside the service"),
-                )
+        if decision.action is Action.STOP:
+            self._backend.stop(view.ray_job_id)
+        assert decision.status is not None
+        transition(
+            s,
+            view.seq,
+            expect_status=view.status,
+            expect_cancel=view.cancel_requested,
+            status=decision.status,
+            reason=decision.reason,
+        )
 
     def _admit(self) -> None:
         with session_scope(self._factory) as s:
-            waiting = s.scalars(
-                select(JobRow)
+            waiting = s.execute(
+                select(JobRow.seq, JobRow.id, JobRow.status, JobRow.status_reason, JobRow.resources)
                 .where(
-                    JobRow.status.in_([JobStatus.PENDING.value, JobStatus.QUEUED.value]),
+                    JobRow.status.in_(WAITING),
                     JobRow.ray_job_id.is_(None),
+                    JobRow.cancel_requested.is_(False),
                 )
                 .order_by(JobRow.seq)
             ).all()
@@ -179,41 +182,67 @@ class Scheduler:
             ):
                 for key, amount in held.items():
                     free[key] = free.get(key, 0.0) - amount
-            for row in waiting:
-                if row.cancel_requested:
-                    set_status(row, JobStatus.CANCELLED, "cancelled while queued")
+            for seq, job_id, status, reason, need in waiting:
+                spec = s.scalar(select(JobRow.spec).where(JobRow.seq == seq))
+                never = never_fits_reason(JobSpec.model_validate(spec), capacity)
+                if never is not None:
+                    transition(
+                        s,
+                        seq,
+                        expect_status=status,
+                        expect_cancel=False,
+                        status=JobStatus.FAILED,
+                        reason=f"can never run on this cluster: {never}",
+                    )
+                    s.commit()
                     continue
-                reason = never_fits_reason(JobSpec.model_validate(row.spec), capacity)
-                if reason is not None:
-                    set_status(row, JobStatus.FAILED, f"can never run on this cluster: {reason}")
-                    continue
-                if not fits(row.resources, free):
-                    set_status(row, JobStatus.QUEUED, _waiting_reason(row.resources, free))
+                if not fits(need, free):
+                    waiting_reason = _waiting_reason(need, free)
+                    if (status, reason) != (JobStatus.QUEUED.value, waiting_reason):
+                        transition(
+                            s,
+                            seq,
+                            expect_status=status,
+                            expect_cancel=False,
+                            status=JobStatus.QUEUED,
+                            reason=waiting_reason,
+                        )
                     break  # first come, first served: later jobs wait behind this one
-                self._launch(s, row)
-                for key, amount in row.resources.items():
-                    free[key] = free.get(key, 0.0) - amount
+                if self._launch(s, seq, status, job_id, spec, resubmit=False):
+                    for key, amount in need.items():
+                        free[key] = free.get(key, 0.0) - amount
 
-    def _launch(self, s: Session, row: JobRow) -> None:
-        """Submit a job to Ray with a fresh ingestion token (stored hashed)."""
+    def _launch(
+        self, s: Session, seq: int, status: str, job_id: str, spec: dict, *, resubmit: bool
+    ) -> bool:
+        """Submit a job to Ray with a fresh ingestion token (stored hashed). Returns False
+        when the job was cancelled (or launched by someone else) since it was read."""
         token = new_token()
-        row.ray_job_id = submission_id(row.id)
-        row.ingest_token_hash = hash_token(token)
+        ray_id = submission_id(job_id)
+        if not claim_launch(s, seq, ray_id, hash_token(token), resubmit=resubmit):
+            s.rollback()
+            return False
         s.commit()  # the submission id is on record before Ray hears of it
-        spec_json = with_report(row.spec, self._public_url(), row.id, token)
+        spec_json = with_report(spec, self._public_url(), job_id, token)
         try:
             self._backend.submit(
-                row.ray_job_id, f"{self._entrypoint} env:{SPEC_ENV}", {SPEC_ENV: spec_json}
+                ray_id, f"{self._entrypoint} env:{SPEC_ENV}", {SPEC_ENV: spec_json}
             )
+            reason = WAITING_FOR_RAY
         except ClusterError as exc:
-            set_status(row, JobStatus.QUEUED, f"submission to Ray failed, will retry: {exc}")
-            return
-        set_status(row, JobStatus.QUEUED, "submitted to Ray; waiting for Ray to start it")
-
-
-def _reason(message: str | None, default: str) -> str:
-    message = (message or "").strip()
-    return message[-2000:] if message else default
+            reason = f"submission to Ray failed, will retry: {exc}"
+        # a cancel may have come in since the claim: then this misses, and the next pass
+        # stops the Ray job
+        transition(
+            s,
+            seq,
+            expect_status=status,
+            expect_cancel=False,
+            status=JobStatus.QUEUED,
+            reason=reason,
+        )
+        s.commit()
+        return True
 
 
 def _waiting_reason(need: dict[str, float], free: dict[str, float]) -> str:

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
         default=None,
         description="Ray's cluster token (default: RAY_AUTH_TOKEN or ~/.ray/auth_token).",
     )
+    db_pool_size: int = Field(
+        default=48,
+        ge=1,
+        le=1000,
+        description="Database connections kept open; keep it above the API's 40 threads.",
+    )
     scheduler_interval_s: float = Field(default=1.0, gt=0, le=60)
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_metric_points_per_request: int = Field(default=100_000, ge=1)

@@ -118,9 +118,7 @@ class JobRow(Base):
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
     comparison: Mapped[ComparisonRow | None] = relationship(back_populates="jobs")
-    tags: Mapped[list[JobTag]] = relationship(
-        back_populates="job", cascade="all, delete-orphan", lazy="selectin"
-    )
+    tags: Mapped[list[JobTag]] = relationship(back_populates="job", cascade="all, delete-orphan")
 
     __table_args__ = (
         UniqueConstraint("owner", "idempotency_key", name="uq_job_idem"),

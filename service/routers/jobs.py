@@ -21,7 +21,7 @@ from alto_client.spec import JobSpec
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -39,11 +39,14 @@ from service.deps import (
 from service.downsample import keep_indices
 from service.errors import ApiError
 from service.repo import (
-    TERMINAL,
+    JOB_BY_ID,
+    JOB_SELECT,
+    CancelOutcome,
     finite_or_none,
     insert_points,
     latest_metrics,
-    set_status,
+    read_job,
+    request_cancel,
     to_wire,
 )
 from service.submit import check_fits, check_idempotency_key, find_job_by_key, new_job_row
@@ -57,12 +60,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def load_job(s: Session, principal: Principal, job_id: str) -> JobRow:
-    """The job, if the caller may see it; another owner's job is as absent as a missing one."""
-    row = s.scalar(select(JobRow).where(JobRow.id == job_id))
-    if row is None or (not principal.admin and row.owner != principal.owner):
+def load_job(s: Session, principal: Principal, job_id: str) -> Row[Any]:
+    """The job (a row of `JOB_SELECT`), if the caller may see it; another owner's job is
+    as absent as a missing one."""
+    record = s.execute(JOB_BY_ID, {"job_id": job_id}).one_or_none()
+    if record is None or (not principal.admin and record.owner != principal.owner):
         raise ApiError(404, f"no job with id {job_id!r}")
-    return row
+    return record
 
 
 @router.post("", status_code=202, response_model=Job, responses=ERRORS)
@@ -84,7 +88,7 @@ def submit_job(
     if key is not None:
         existing = find_job_by_key(s, principal.owner, key)
         if existing is not None:
-            return _idempotent_answer(existing, spec, response, request)
+            return _idempotent_answer(s, existing, spec, response, request)
     check_fits(state, spec)
     row = new_job_row(spec, principal.owner, key)
     s.add(row)
@@ -95,14 +99,16 @@ def submit_job(
         existing = find_job_by_key(s, principal.owner, key) if key else None
         if existing is None:
             raise
-        return _idempotent_answer(existing, spec, response, request)
+        return _idempotent_answer(s, existing, spec, response, request)
     if state.scheduler is not None:
         state.scheduler.wake()
     response.headers["Location"] = str(request.url_for("get_job", job_id=row.id))
-    return to_wire(row)
+    return read_job(s, row.seq)
 
 
-def _idempotent_answer(row: JobRow, spec: JobSpec, response: Response, request: Request) -> Job:
+def _idempotent_answer(
+    s: Session, row: JobRow, spec: JobSpec, response: Response, request: Request
+) -> Job:
     stored = dict(row.spec)
     new = spec.model_dump(mode="json")
     new["report"] = None
@@ -113,7 +119,7 @@ def _idempotent_answer(row: JobRow, spec: JobSpec, response: Response, request: 
             f"(job {row.id}); use a new key for a new job",
         )
     response.headers["Location"] = str(request.url_for("get_job", job_id=row.id))
-    return to_wire(row)
+    return read_job(s, row.seq)
 
 
 @router.get("", response_model=JobList, responses=ERRORS)
@@ -129,7 +135,7 @@ def list_jobs(
     ] = None,
 ) -> JobList:
     """Jobs, newest first. Users see their own jobs; admins all, or one owner's."""
-    q = select(JobRow).order_by(JobRow.seq.desc()).limit(limit + 1)
+    q = JOB_SELECT.order_by(JobRow.seq.desc()).limit(limit + 1)
     if not principal.admin:
         if owner is not None and owner != principal.owner:
             return JobList(items=[], next_cursor=None)
@@ -142,7 +148,7 @@ def list_jobs(
         q = q.where(JobRow.seq.in_(select(JobTag.job_seq).where(JobTag.tag == tag)))
     if cursor is not None:
         q = q.where(JobRow.seq < int(cursor))
-    rows = list(s.scalars(q).all())
+    rows = list(s.execute(q).all())
     more = len(rows) > limit
     rows = rows[:limit]
     return JobList(
@@ -163,22 +169,20 @@ def cancel_job(
     job_id: Annotated[str, JOB_ID], principal: PrincipalDep, s: SessionDep, state: StateDep
 ) -> Job:
     """Cancel a job: a queued one at once, a running one by stopping its Ray job."""
-    row = load_job(s, principal, job_id)
-    if row.status in TERMINAL:
-        raise ApiError(409, f"job {job_id} has already ended ({row.status}); nothing to cancel")
-    row.cancel_requested = True
-    if row.ray_job_id is None:
-        set_status(row, JobStatus.CANCELLED, "cancelled by its owner before it started")
-    else:
-        set_status(row, JobStatus(row.status), "cancellation requested; stopping the Ray job")
-        if state.backend is not None:
-            # on failure the scheduler keeps trying on its next pass
-            with contextlib.suppress(ClusterError):
-                state.backend.stop(row.ray_job_id)
+    record = load_job(s, principal, job_id)
+    outcome = request_cancel(s, record.seq)
     s.commit()
+    if outcome is CancelOutcome.ENDED:
+        ended = s.scalar(select(JobRow.status).where(JobRow.seq == record.seq))
+        raise ApiError(409, f"job {job_id} has already ended ({ended}); nothing to cancel")
+    if outcome is CancelOutcome.STOPPING and state.backend is not None:
+        ray_job_id = s.scalar(select(JobRow.ray_job_id).where(JobRow.seq == record.seq))
+        # on failure (or before Ray has the job) the scheduler stops it on its next pass
+        with contextlib.suppress(ClusterError):
+            state.backend.stop(ray_job_id)
     if state.scheduler is not None:
         state.scheduler.wake()
-    return to_wire(row)
+    return read_job(s, record.seq)
 
 
 @router.get(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.cluster import ClusterCapacity, ClusterError, RayJobState
@@ -35,19 +36,29 @@ class FakeCluster:
     reachable: bool = True
     submissions: int = 0
     stops: list[str] = field(default_factory=list)
+    # run once before the named call ("capacity", "submit", "state"), to interleave an
+    # API request at an exact point of a scheduler pass; each gets the call's job id
+    before: dict[str, Callable[[str], None]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+
+    def _before(self, call: str, submission_id: str = "") -> None:
+        hook = self.before.pop(call, None)
+        if hook is not None:
+            hook(submission_id)
 
     def _check(self) -> None:
         if not self.reachable:
             raise ClusterError("fake cluster unreachable")
 
     def capacity(self) -> ClusterCapacity:
+        self._before("capacity")
         self._check()
         return ClusterCapacity(nodes=[dict(n) for n in self.nodes])
 
     def submit(self, submission_id: str, entrypoint: str, env_vars: dict[str, str]) -> None:
+        self._before("submit", submission_id)
         self._check()
         with self._lock:
             self.submissions += 1
@@ -55,6 +66,7 @@ class FakeCluster:
                 self.jobs[submission_id] = FakeJob(entrypoint, dict(env_vars))
 
     def state(self, submission_id: str) -> RayJobState | None:
+        self._before("state", submission_id)
         self._check()
         job = self.jobs.get(submission_id)
         return None if job is None else RayJobState(job.status, job.message)
