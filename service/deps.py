@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
@@ -61,3 +61,23 @@ async def db_session(request: Request) -> AsyncIterator[Session]:
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
 SessionDep = Annotated[Session, Depends(db_session)]
 StateDep = Annotated[ServiceState, Depends(get_state)]
+
+# query parameters shared by the listing endpoints
+OwnerQuery = Annotated[
+    str | None,
+    Query(max_length=200, pattern=r"^[^\x00-\x1f]+$", description="only this owner's (admins)"),
+]
+LimitQuery = Annotated[int, Query(ge=1, le=500, description="page size")]
+CursorQuery = Annotated[
+    str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the last page")
+]
+
+
+def listed_owner(principal: Principal, asked: str | None) -> tuple[bool, str | None]:
+    """(anything visible, owner to filter on) for a listing that asked for `asked`'s
+    items: admins see anyone's (everyone's when None), users only their own."""
+    if principal.admin:
+        return True, asked
+    if asked is not None and asked != principal.owner:
+        return False, None
+    return True, principal.owner

@@ -1,4 +1,4 @@
-"""HTTP routes of the dashboard: the three pages and their static assets.
+"""HTTP routes of the dashboard: its four pages and their static assets.
 
 Pages carry no data and need no token: the script fetches everything from the
 /v1 API with the token the user supplies (in the URL fragment `#token=...`,
@@ -46,6 +46,12 @@ def jobs_page() -> HTMLResponse:
 def job_page(job_id: str) -> HTMLResponse:
     """One job: live training/validation loss, throughput and memory."""
     return _page("job", job_id)
+
+
+@router.get("/comparisons", response_class=HTMLResponse)
+def comparisons_page() -> HTMLResponse:
+    """The comparisons table (live status)."""
+    return _page("comparisons")
 
 
 @router.get("/comparisons/{comparison_id}", response_class=HTMLResponse)

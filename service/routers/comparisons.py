@@ -7,6 +7,8 @@ from typing import Annotated, Any
 
 from alto_client.models import (
     Comparison,
+    ComparisonInfo,
+    ComparisonList,
     ComparisonRequest,
     ErrorResponse,
     FieldError,
@@ -22,8 +24,16 @@ from starlette.concurrency import run_in_threadpool
 
 from service.auth import Principal
 from service.compare import RunData, Series, combined_status, summarize
-from service.db.tables import ComparisonRow, MetricRow
-from service.deps import PrincipalDep, SessionDep, StateDep
+from service.db.tables import ComparisonRow, JobRow, MetricRow
+from service.deps import (
+    CursorQuery,
+    LimitQuery,
+    OwnerQuery,
+    PrincipalDep,
+    SessionDep,
+    StateDep,
+    listed_owner,
+)
 from service.errors import ApiError, field_errors
 from service.plot import render_comparison
 from service.specs import variant
@@ -170,6 +180,54 @@ def _summary(s: Session, row: ComparisonRow) -> Comparison:
         seeds=list(row.seeds),
         created_at=row.created_at,
         arms=summaries,
+    )
+
+
+@router.get("", response_model=ComparisonList, responses=ERRORS)
+def list_comparisons(
+    principal: PrincipalDep,
+    s: SessionDep,
+    owner: OwnerQuery = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
+) -> ComparisonList:
+    """Comparisons, newest first, with their jobs' combined status (the results are in
+    `GET /v1/comparisons/{id}`). Users see their own; admins all, or one owner's."""
+    visible, owner = listed_owner(principal, owner)
+    if not visible:
+        return ComparisonList(items=[], next_cursor=None)
+    q = select(ComparisonRow).order_by(ComparisonRow.seq.desc()).limit(limit + 1)
+    if owner is not None:
+        q = q.where(ComparisonRow.owner == owner)
+    if cursor is not None:
+        q = q.where(ComparisonRow.seq < int(cursor))
+    rows = list(s.scalars(q).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    statuses: dict[int, list[JobStatus]] = {row.seq: [] for row in rows}
+    if rows:
+        for seq, status in s.execute(
+            select(JobRow.comparison_seq, JobRow.status).where(
+                JobRow.comparison_seq.in_(list(statuses))
+            )
+        ):
+            statuses[seq].append(JobStatus(status))
+    return ComparisonList(
+        items=[
+            ComparisonInfo(
+                id=row.id,
+                name=row.name,
+                owner=row.owner,
+                status=combined_status(statuses[row.seq]),
+                baseline=row.baseline,
+                arms=list(row.arms),
+                seeds=list(row.seeds),
+                jobs=len(statuses[row.seq]),
+                created_at=row.created_at,
+            )
+            for row in rows
+        ],
+        next_cursor=str(rows[-1].seq) if more and rows else None,
     )
 
 

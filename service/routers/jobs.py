@@ -30,11 +30,15 @@ from service.cluster import ClusterError
 from service.db.tables import JobRow, JobTag, MetricRow
 from service.deps import (
     UNAUTHORIZED_HEADERS,
+    CursorQuery,
+    LimitQuery,
+    OwnerQuery,
     PrincipalDep,
     SessionDep,
     StateDep,
     bearer,
     bearer_token,
+    listed_owner,
 )
 from service.downsample import keep_indices
 from service.errors import ApiError
@@ -128,19 +132,16 @@ def list_jobs(
     s: SessionDep,
     status: JobStatus | None = None,
     tag: Annotated[str | None, Query(max_length=100, pattern=r"^[^\x00-\x1f]+$")] = None,
-    owner: Annotated[str | None, Query(max_length=200, pattern=r"^[^\x00-\x1f]+$")] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[
-        str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the last page")
-    ] = None,
+    owner: OwnerQuery = None,
+    limit: LimitQuery = 50,
+    cursor: CursorQuery = None,
 ) -> JobList:
     """Jobs, newest first. Users see their own jobs; admins all, or one owner's."""
+    visible, owner = listed_owner(principal, owner)
+    if not visible:
+        return JobList(items=[], next_cursor=None)
     q = JOB_SELECT.order_by(JobRow.seq.desc()).limit(limit + 1)
-    if not principal.admin:
-        if owner is not None and owner != principal.owner:
-            return JobList(items=[], next_cursor=None)
-        q = q.where(JobRow.owner == principal.owner)
-    elif owner is not None:
+    if owner is not None:
         q = q.where(JobRow.owner == owner)
     if status is not None:
         q = q.where(JobRow.status == status.value)

@@ -124,6 +124,15 @@ def test_compare_watch_and_report(runner: CliRunner, spec_file: Path, tmp_path: 
     assert json.loads(png.stdout)["id"] == comp["id"]
     bad = runner.invoke(app, ["report", comp["id"], "--out", str(tmp_path / "r.pdf")])
     assert bad.exit_code == 1 and "--out must end in .html or .png" in bad.stderr
+    listed = runner.invoke(app, ["comparisons", "--limit", "1", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (info,) = json.loads(listed.stdout)
+    assert info["id"] == comp["id"] and info["status"] == "SUCCEEDED" and info["jobs"] == 4
+    table = runner.invoke(app, ["comparisons", "--limit", "1"])
+    assert table.exit_code == 0 and comp["id"] in table.stdout
+    assert "adamw, alto" in table.stdout  # baseline first
+    none = runner.invoke(app, ["comparisons", "--owner", "nobody-at-all"])
+    assert none.exit_code == 0 and "no comparisons" in none.stderr
 
 
 def test_bad_arguments_give_one_clear_line(

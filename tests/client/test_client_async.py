@@ -42,6 +42,9 @@ def test_async_client_end_to_end(svc: LiveService, tmp_path: Path) -> None:
                 await client.request("POST", "/v1/jobs", json={"training": {"steps": -1}})
             assert any(e.field == "training.steps" for e in info.value.field_errors)
             comp = await client.compare(spec, ["alto", "adamw"], seeds=1)
+            assert [c.id async for c in client.comparisons(limit=1)] == [comp.id]
+            page = await client.comparisons_page(limit=1)
+            assert page.items[0].id == comp.id and page.items[0].jobs == 2
             done = await client.wait_comparison(comp.id, timeout=60, poll_interval=0.1)
             assert (await client.comparison(comp.id)).arms == done.arms
             assert done.status == JobStatus.SUCCEEDED

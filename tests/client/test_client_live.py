@@ -69,6 +69,16 @@ def test_jobs_iterator_pages_through_everything(client: Client) -> None:
     assert list(client.jobs(tag=f"none-{uuid.uuid4().hex[:6]}")) == []
 
 
+def test_comparisons_iterator_lists_what_compare_made(client: Client) -> None:
+    made = [client.compare(_spec(), ["alto", "adamw"], 1).id for _ in range(3)]
+    listed = [c.id for c in client.comparisons(page_size=2, limit=3)]
+    assert listed == list(reversed(made))  # newest first, across pages
+    newest = client.comparisons_page(limit=1).items[0]
+    assert newest.id == made[-1] and newest.jobs == 2 and newest.baseline == "adamw"
+    with pytest.raises(ValueError, match="page_size"):
+        client.comparisons_page(limit=0)
+
+
 def test_status_filter(client: Client) -> None:
     spec = _spec()
     tag = spec["tags"][-1]

@@ -106,6 +106,22 @@ def test_comparison_page_shows_the_apis_numbers(
     assert shot.stat().st_size > 10_000
 
 
+def test_comparisons_page_lists_what_the_api_lists(
+    page, svc: LiveService, finished: Comparison
+) -> None:
+    with Client(svc.url, svc.admin_token) as client:
+        listed = client.comparisons_page(limit=100).items
+    page.goto(f"{svc.url}/comparisons")
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    rows = page.locator("#comparisons-table tr[data-comparison]")
+    assert rows.count() == len(listed)
+    row = page.locator(f'#comparisons-table tr[data-comparison="{finished.id}"]')
+    assert row.locator("[data-status]").inner_text() == "SUCCEEDED"
+    assert row.locator("td").nth(3).inner_text().startswith(finished.baseline)
+    row.locator("a").click()
+    page.wait_for_url(f"**/comparisons/{finished.id}")
+
+
 def test_jobs_and_job_pages(page, svc: LiveService, finished: Comparison, tmp_path: Path) -> None:
     job_ids = [j for arm in finished.arms for j in arm.job_ids]
     page.goto(f"{svc.url}/")

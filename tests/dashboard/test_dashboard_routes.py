@@ -12,7 +12,12 @@ pytestmark = pytest.mark.timeout(60)
 
 
 def test_pages_are_served_without_a_token(svc: LiveService) -> None:
-    for path, page in (("/", "jobs"), ("/jobs/abc123", "job"), ("/comparisons/c-1", "comparison")):
+    for path, page in (
+        ("/", "jobs"),
+        ("/jobs/abc123", "job"),
+        ("/comparisons", "comparisons"),
+        ("/comparisons/c-1", "comparison"),
+    ):
         r = httpx.get(svc.url + path)
         assert r.status_code == 200, path
         assert r.headers["content-type"].startswith("text/html")

@@ -317,6 +317,40 @@ def test_comparison_creates_one_job_per_arm_and_seed(svc):
     assert all(j["comparison_id"] == comp["id"] for j in jobs.values())
 
 
+def test_comparisons_list_newest_first_with_status_and_visibility(svc):
+    ids = []
+    for _ in range(3):
+        r = svc.client.post("/v1/comparisons", json=_comparison_body(seeds=(1,)), headers=svc.alice)
+        assert r.status_code == 202, r.text
+        ids.append(r.json()["id"])
+    bobs = svc.client.post("/v1/comparisons", json=_comparison_body(), headers=svc.bob).json()
+    page1 = svc.client.get("/v1/comparisons?limit=2", headers=svc.alice).json()
+    page2 = svc.client.get(
+        f"/v1/comparisons?limit=2&cursor={page1['next_cursor']}", headers=svc.alice
+    ).json()
+    assert [c["id"] for c in page1["items"] + page2["items"]] == ids[::-1]
+    assert page2["next_cursor"] is None
+    first = page1["items"][0]
+    assert first["arms"] == ["alto", "adamw"] and first["baseline"] == "adamw"
+    assert first["seeds"] == [1] and first["jobs"] == 2 and first["status"] == "PENDING"
+    # the status is the most severe of the jobs': one cancelled job marks it
+    newest = svc.client.get(f"/v1/comparisons/{ids[-1]}", headers=svc.alice).json()
+    svc.client.post(f"/v1/jobs/{newest['arms'][0]['job_ids'][0]}/cancel", headers=svc.alice)
+    listed = svc.client.get("/v1/comparisons", headers=svc.alice).json()["items"]
+    detail = svc.client.get(f"/v1/comparisons/{ids[-1]}", headers=svc.alice).json()
+    assert listed[0]["status"] == detail["status"] == "CANCELLED"
+    assert listed[1]["status"] == "PENDING"
+    # users see only their own; admins everyone's, or one owner's
+    assert [
+        c["id"] for c in svc.client.get("/v1/comparisons", headers=svc.bob).json()["items"]
+    ] == [bobs["id"]]
+    assert svc.client.get("/v1/comparisons?owner=bob", headers=svc.alice).json()["items"] == []
+    everyone = svc.client.get("/v1/comparisons", headers=svc.admin).json()["items"]
+    assert {c["owner"] for c in everyone} == {"alice", "bob"} and len(everyone) == 4
+    only_bob = svc.client.get("/v1/comparisons?owner=bob", headers=svc.admin).json()["items"]
+    assert [c["id"] for c in only_bob] == [bobs["id"]]
+
+
 def test_comparison_summary_numbers(svc):
     svc.cluster.nodes = [{"CPU": 8.0}]  # room for all four jobs at once
     comp = svc.client.post("/v1/comparisons", json=_comparison_body(), headers=svc.alice).json()

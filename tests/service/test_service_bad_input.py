@@ -132,6 +132,8 @@ def test_bad_query_parameters(svc):
         "owner=%00",
     ):
         assert_4xx(c.get(f"/v1/jobs?{q}", headers=h), 422)
+    for q in ("limit=0", "limit=501", "cursor=abc", "cursor=-1", "owner=%00", "owner=" + "x" * 201):
+        assert_4xx(c.get(f"/v1/comparisons?{q}", headers=h), 422)
     m = f"/v1/jobs/{job['id']}/metrics"
     for q in (
         "max_points=1",

@@ -24,7 +24,7 @@ from rich.console import Console
 from alto_client.client import Client, load_spec
 from alto_client.errors import AltoError, ApiError, ConnectionFailed, describe_validation_error
 from alto_client.models import TERMINAL_STATUSES, JobStatus
-from alto_client.render import comparison_table, job_table, jobs_table
+from alto_client.render import comparison_table, comparisons_table, job_table, jobs_table
 from alto_client.spec import JobSpec, SpecError
 
 EXIT_ERROR = 1
@@ -330,6 +330,26 @@ def compare(
         if not _ended_ok([j.status for j in final]):
             bad = next(j for j in final if j.status != JobStatus.SUCCEEDED)
             raise _fail(f"job {bad.id} ended {bad.status.value}: {bad.status_reason or ''}")
+
+
+@app.command()
+def comparisons(
+    ctx: typer.Context,
+    owner: Annotated[
+        str | None, typer.Option(help="Only this owner's comparisons (admin).")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="At most this many comparisons.", min=1)] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List comparisons, newest first (`alto report ID` shows one's results)."""
+    with _errors(), ctx.obj.client() as client:
+        items = list(client.comparisons(owner=owner, limit=limit))
+        if as_json:
+            _print_json(items)
+        elif not items:
+            err_console.print("no comparisons")
+        else:
+            console.print(comparisons_table(items))
 
 
 @app.command()

@@ -14,10 +14,18 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel, ValidationError
@@ -32,6 +40,8 @@ from alto_client.models import (
     TERMINAL_STATUSES,
     Arm,
     Comparison,
+    ComparisonInfo,
+    ComparisonList,
     ComparisonRequest,
     Job,
     JobList,
@@ -55,6 +65,8 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "alto-client/0.1"
 
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)
 OPTIMIZER_NAMES = ("alto", "adamw", "e")
 SpecLike = JobSpec | Mapping[str, Any] | str | Path
 ArmLike = Arm | Mapping[str, Any] | str
@@ -197,6 +209,48 @@ def _default_baseline(arms: Sequence[Arm]) -> str:
     return "adamw" if "adamw" in names else names[0]
 
 
+class _Page(Protocol[T_co]):
+    @property
+    def items(self) -> Sequence[T_co]: ...
+
+    @property
+    def next_cursor(self) -> str | None: ...
+
+
+def _items(fetch: Callable[[str | None], _Page[T]], limit: int | None) -> Iterator[T]:
+    """The items of successive pages (`fetch(cursor)`), at most `limit` of them."""
+    cursor: str | None = None
+    seen = 0
+    while True:
+        page = fetch(cursor)
+        for item in page.items:
+            if limit is not None and seen >= limit:
+                return
+            seen += 1
+            yield item
+        if not page.next_cursor or not page.items:
+            return
+        cursor = page.next_cursor
+
+
+async def _aitems(
+    fetch: Callable[[str | None], Awaitable[_Page[T]]], limit: int | None
+) -> AsyncIterator[T]:
+    """`_items` for an async `fetch`."""
+    cursor: str | None = None
+    seen = 0
+    while True:
+        page = await fetch(cursor)
+        for item in page.items:
+            if limit is not None and seen >= limit:
+                return
+            seen += 1
+            yield item
+        if not page.next_cursor or not page.items:
+            return
+        cursor = page.next_cursor
+
+
 @dataclass(frozen=True)
 class JobEvent:
     """One live event of a job: ``kind`` is the SSE event name (``metrics``, ``status``...).
@@ -263,24 +317,30 @@ class _Base:
         return model.model_validate(response.json())
 
     @staticmethod
+    def _page_params(owner: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
+        if limit < 1:
+            raise ValueError(f"page_size must be >= 1, got {limit}")
+        params: dict[str, Any] = {"limit": limit}
+        if owner:
+            params["owner"] = owner
+        if cursor:
+            params["cursor"] = cursor
+        return params
+
+    @classmethod
     def _jobs_params(
+        cls,
         status: JobStatus | str | None,
         tag: str | None,
         owner: str | None,
         limit: int,
         cursor: str | None,
     ) -> dict[str, Any]:
-        if limit < 1:
-            raise ValueError(f"page_size must be >= 1, got {limit}")
-        params: dict[str, Any] = {"limit": limit}
+        params = cls._page_params(owner, limit, cursor)
         if status is not None:
             params["status"] = JobStatus(status).value if isinstance(status, str) else status.value
         if tag:
             params["tag"] = tag
-        if owner:
-            params["owner"] = owner
-        if cursor:
-            params["cursor"] = cursor
         return params
 
     @staticmethod
@@ -417,20 +477,12 @@ class Client(_Base):
         limit: int | None = None,
     ) -> Iterator[Job]:
         """Every job that matches, newest first, fetching pages as the caller iterates."""
-        cursor: str | None = None
-        seen = 0
-        while True:
-            page = self.jobs_page(
+        return _items(
+            lambda cursor: self.jobs_page(
                 status=status, tag=tag, owner=owner, limit=page_size, cursor=cursor
-            )
-            for job in page.items:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield job
-            if not page.next_cursor or not page.items:
-                return
-            cursor = page.next_cursor
+            ),
+            limit,
+        )
 
     def cancel(self, job_id: str) -> Job:
         """Ask the service to stop a job; an ended job raises ``Conflict``."""
@@ -527,6 +579,21 @@ class Client(_Base):
             "POST", "/v1/comparisons", json=body, headers={"Idempotency-Key": key}
         )
         return self._model(Comparison, response)
+
+    def comparisons_page(
+        self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> ComparisonList:
+        params = self._page_params(owner, limit, cursor)
+        return self._model(ComparisonList, self.request("GET", "/v1/comparisons", params=params))
+
+    def comparisons(
+        self, *, owner: str | None = None, page_size: int = 50, limit: int | None = None
+    ) -> Iterator[ComparisonInfo]:
+        """Every comparison the caller may see, newest first, page by page."""
+        return _items(
+            lambda cursor: self.comparisons_page(owner=owner, limit=page_size, cursor=cursor),
+            limit,
+        )
 
     def comparison(self, comparison_id: str) -> Comparison:
         return self._model(Comparison, self.request("GET", f"/v1/comparisons/{comparison_id}"))
@@ -630,7 +697,7 @@ class AsyncClient(_Base):
         params = self._jobs_params(status, tag, owner, limit, cursor)
         return self._model(JobList, await self.request("GET", "/v1/jobs", params=params))
 
-    async def jobs(
+    def jobs(
         self,
         *,
         status: JobStatus | str | None = None,
@@ -639,20 +706,13 @@ class AsyncClient(_Base):
         page_size: int = 50,
         limit: int | None = None,
     ) -> AsyncIterator[Job]:
-        cursor: str | None = None
-        seen = 0
-        while True:
-            page = await self.jobs_page(
+        """Every job that matches, newest first, fetching pages as the caller iterates."""
+        return _aitems(
+            lambda cursor: self.jobs_page(
                 status=status, tag=tag, owner=owner, limit=page_size, cursor=cursor
-            )
-            for job in page.items:
-                if limit is not None and seen >= limit:
-                    return
-                seen += 1
-                yield job
-            if not page.next_cursor or not page.items:
-                return
-            cursor = page.next_cursor
+            ),
+            limit,
+        )
 
     async def cancel(self, job_id: str) -> Job:
         return self._model(Job, await self.request("POST", f"/v1/jobs/{job_id}/cancel"))
@@ -741,6 +801,23 @@ class AsyncClient(_Base):
             "POST", "/v1/comparisons", json=body, headers={"Idempotency-Key": key}
         )
         return self._model(Comparison, response)
+
+    async def comparisons_page(
+        self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> ComparisonList:
+        params = self._page_params(owner, limit, cursor)
+        return self._model(
+            ComparisonList, await self.request("GET", "/v1/comparisons", params=params)
+        )
+
+    def comparisons(
+        self, *, owner: str | None = None, page_size: int = 50, limit: int | None = None
+    ) -> AsyncIterator[ComparisonInfo]:
+        """Every comparison the caller may see, newest first, page by page."""
+        return _aitems(
+            lambda cursor: self.comparisons_page(owner=owner, limit=page_size, cursor=cursor),
+            limit,
+        )
 
     async def comparison(self, comparison_id: str) -> Comparison:
         response = await self.request("GET", f"/v1/comparisons/{comparison_id}")

@@ -223,3 +223,25 @@ class Comparison(_Wire):
     seeds: list[int]
     created_at: datetime
     arms: list[ArmSummary]
+
+
+class ComparisonInfo(_Wire):
+    """A comparison as listed: what it compares and how its jobs stand (no results;
+    `GET /v1/comparisons/{id}` computes those)."""
+
+    id: str
+    name: str
+    owner: str
+    status: JobStatus
+    baseline: str
+    arms: list[str]
+    seeds: list[int]
+    jobs: int
+    created_at: datetime
+
+
+class ComparisonList(_Wire):
+    """One page of comparisons, newest first; pass `next_cursor` as `cursor` for the next."""
+
+    items: list[ComparisonInfo]
+    next_cursor: str | None = None

@@ -13,7 +13,7 @@ from datetime import datetime
 from rich.table import Table
 
 from alto_client.metrics import TRAIN_LOSS, VAL_LOSS
-from alto_client.models import ArmSummary, Comparison, Job, JobStatus
+from alto_client.models import ArmSummary, Comparison, ComparisonInfo, Job, JobStatus
 
 STATUS_STYLE = {
     JobStatus.PENDING: "dim",
@@ -155,6 +155,32 @@ def jobs_table(jobs: list[Job]) -> Table:
             ]
         row += [job.owner, fmt_time(job.created_at)]
         table.add_row(*row)
+    return table
+
+
+def comparisons_table(items: list[ComparisonInfo]) -> Table:
+    """The comparisons list: what each compares and how its jobs stand."""
+    table = Table(title=None, show_lines=False)
+    table.add_column("id", style="bold", no_wrap=True)
+    table.add_column("name")
+    table.add_column("status")
+    table.add_column("arms (baseline first)")
+    table.add_column("seeds", justify="right")
+    table.add_column("jobs", justify="right")
+    table.add_column("owner")
+    table.add_column("created")
+    for comp in items:
+        arms = [comp.baseline] + [a for a in comp.arms if a != comp.baseline]
+        table.add_row(
+            comp.id,
+            comp.name,
+            status_text(comp.status),
+            ", ".join(arms),
+            str(len(comp.seeds)),
+            str(comp.jobs),
+            comp.owner,
+            fmt_time(comp.created_at),
+        )
     return table
 
 

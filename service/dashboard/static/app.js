@@ -311,6 +311,25 @@ async function renderJobs() {
   schedule(() => guarded(renderJobs), jobs.some((j) => !TERMINAL.has(j.status)));
 }
 
+// ------------------------------------------------------------------ comparisons page
+
+async function renderComparisons() {
+  const page = await api("/v1/comparisons?limit=100");
+  const rows = page.items.map((c) => {
+    const arms = [c.baseline, ...c.arms.filter((a) => a !== c.baseline)];
+    return `<tr data-comparison="${esc(c.id)}"><td><a href="/comparisons/${esc(c.id)}">${shortId(c.id)}</a></td>
+      <td>${esc(c.name)}</td><td>${statusBadge(c.status)}</td><td>${esc(arms.join(", "))}</td>
+      <td class="num">${esc(c.seeds.length)}</td><td class="num">${esc(c.jobs)}</td>
+      <td>${esc(c.owner)}</td><td>${esc(fmtTime(c.created_at))}</td></tr>`;
+  });
+  document.getElementById("content").innerHTML = `<h1>Comparisons</h1>
+    <div class="card scroll"><table id="comparisons-table"><thead><tr><th>id</th><th>name</th><th>status</th>
+    <th>arms (baseline first)</th><th class="num">seeds</th><th class="num">jobs</th><th>owner</th><th>created</th></tr></thead>
+    <tbody>${rows.join("") || `<tr><td colspan="8" class="empty">no comparisons yet: start one with <code>alto compare SPEC</code></td></tr>`}</tbody></table>
+    ${page.next_cursor ? `<p class="meta">the newest 100 are shown; <code>alto comparisons</code> lists them all</p>` : ""}</div>`;
+  schedule(() => guarded(renderComparisons), page.items.some((c) => !TERMINAL.has(c.status)));
+}
+
 // ------------------------------------------------------------------ job page
 
 function kpi(label, value, field) {
@@ -421,7 +440,7 @@ async function renderComparison() {
 // ------------------------------------------------------------------ start
 
 function start() {
-  const render = { jobs: renderJobs, job: renderJob, comparison: renderComparison }[PAGE];
+  const render = { jobs: renderJobs, comparisons: renderComparisons, job: renderJob, comparison: renderComparison }[PAGE];
   if (!render) { showError(`unknown page ${PAGE}`); return; }
   document.body.dataset.ready = "loading";
   guarded(async () => { await render(); document.body.dataset.ready = "yes"; });
