@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from svc_fakes import tiny_spec
 
@@ -100,12 +101,15 @@ def test_lifecycle_follows_ray(svc):
     svc.tick()
     j = svc.client.get(f"/v1/jobs/{job['id']}", headers=svc.alice).json()
     assert j["status"] == "RUNNING" and j["started_at"] is not None
+    started = j["started_at"]
     svc.cluster.set(rid, "FAILED", "Job entrypoint command failed with exit code 1")
     svc.tick()
     j = svc.client.get(f"/v1/jobs/{job['id']}", headers=svc.alice).json()
     assert j["status"] == "FAILED"
     assert "exit code 1" in j["status_reason"]
-    assert j["finished_at"] is not None
+    assert j["started_at"] == started  # set once, when it first ran
+    assert started.endswith(("Z", "+00:00")) and j["finished_at"].endswith(("Z", "+00:00"))
+    assert datetime.fromisoformat(started) <= datetime.fromisoformat(j["finished_at"])
 
 
 def test_admission_waits_for_resources_in_order(svc):
