@@ -1,4 +1,4 @@
-"""ALTO inside megatron-core: optimizer factory, exact distributed trust ratios, CPU layer.
+"""ALTO and E inside megatron-core: optimizer factory, exact distributed trust ratios, CPU layer.
 
 Importable only where megatron-core is installed.  Importing it applies the
 megatron bug fixes in :mod:`alto.megatron.megatron_fixes` (needed with and without
@@ -15,16 +15,18 @@ from alto.megatron import cpu_compat, megatron_fixes
 megatron_fixes.apply()
 
 from alto.megatron.config import AltoOptimizerConfig  # noqa: E402
-from alto.megatron.distrib import AltoDistributedOptimizer  # noqa: E402
-from alto.megatron.factory import get_megatron_optimizer, install_alto  # noqa: E402
+from alto.megatron.distrib import AltoDistributedOptimizer, EDistributedOptimizer  # noqa: E402
+from alto.megatron.factory import get_megatron_optimizer, install_alto, install_e  # noqa: E402
 from alto.megatron.norms import ShardedNormReducer  # noqa: E402
 
 __all__ = [
     "AltoDistributedOptimizer",
     "AltoOptimizerConfig",
+    "EDistributedOptimizer",
     "ShardedNormReducer",
     "cpu_compat",
     "get_megatron_optimizer",
     "install_alto",
+    "install_e",
     "megatron_fixes",
 ]

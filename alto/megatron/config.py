@@ -1,4 +1,4 @@
-"""``AltoOptimizerConfig``: megatron's ``OptimizerConfig`` plus ``optimizer="alto"``.
+"""``AltoOptimizerConfig``: megatron's ``OptimizerConfig`` plus ``optimizer="alto"`` and ``"e"``.
 
 Why a subclass and not a separate object: every megatron wrapper (FP32Optimizer,
 Float16OptimizerWithFloat16Params, DistributedOptimizer, ChainedOptimizer) reads its
@@ -14,19 +14,23 @@ import math
 
 from megatron.core.optimizer.optimizer_config import OptimizerConfig
 
-OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "alto")
+OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "alto", "e")
 TRUST_RATIO_FORMS: tuple[str, ...] = ("published", "paper")
 
 
 @dataclasses.dataclass
 class AltoOptimizerConfig(OptimizerConfig):
-    """OptimizerConfig with ``optimizer`` in {"adam", "sgd", "alto"} and ALTO's hyperparameters.
+    """OptimizerConfig with ``optimizer`` in {"adam", "sgd", "alto", "e"} and ALTO's
+    and E's hyperparameters.
 
     "adam" and "sgd" are megatron's own optimizers, built by megatron's factory
     unchanged ("adam" is AdamW when ``decoupled_weight_decay`` is True, megatron's
     default).  "alto" uses ``lr``, ``weight_decay`` (times each group's ``wd_mult``,
     so megatron's no-decay groups for biases and norms take ALTO's plain step) and
-    the ``alto_*`` fields below.
+    the ``alto_*`` fields below.  "e" is the paper's E adaptor around megatron's
+    "adam" (the same ``adam_*``, ``weight_decay`` and ``decoupled_weight_decay``),
+    with the ``e_*`` fields below; it shards, checkpoints and runs in bf16 like
+    "adam", with one more fp32 buffer per parameter.
 
     The defaults are the paper's large-batch setting (global batch >= 1K);
     ``alto.paper_defaults(global_batch_size)`` gives the small-batch one.
@@ -61,15 +65,23 @@ class AltoOptimizerConfig(OptimizerConfig):
     alto_fused: bool | None = None
     """None: fused Triton step when all parameters are on CUDA and triton loads."""
 
+    e_alpha: float = -5.0
+    """E's acceleration factor alpha; |alpha| < 1/(1 - e_beta)."""
+
+    e_beta: float = 0.99
+    """E's EMA factor of the gradient difference."""
+
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"AltoOptimizerConfig.optimizer={self.optimizer!r} is not supported; "
                 f"allowed: {', '.join(repr(o) for o in OPTIMIZERS)}"
             )
-        if self.optimizer == "alto":
+        if self.optimizer in ("alto", "e"):
             self._check_alto_compatible()
         super().__post_init__()
+        if self.optimizer == "e":
+            self._check_e()
         if self.optimizer != "alto":
             return
         for name in ("alto_beta1", "alto_beta2", "alto_beta3"):
@@ -94,6 +106,16 @@ class AltoOptimizerConfig(OptimizerConfig):
         if self.weight_decay < 0:
             raise ValueError(f"AltoOptimizerConfig.weight_decay={self.weight_decay!r} must be >= 0")
 
+    def _check_e(self) -> None:
+        if not (isinstance(self.e_beta, int | float) and 0.0 <= self.e_beta < 1.0):
+            raise ValueError(f"AltoOptimizerConfig.e_beta={self.e_beta!r} must be in [0, 1)")
+        bound = 1.0 / (1.0 - self.e_beta)
+        if not (math.isfinite(self.e_alpha) and abs(self.e_alpha) < bound):
+            raise ValueError(
+                f"AltoOptimizerConfig.e_alpha={self.e_alpha!r} must satisfy "
+                f"|alpha| < 1/(1 - e_beta) = {bound:g}"
+            )
+
     def _check_alto_compatible(self) -> None:
         unsupported = {
             "optimizer_cpu_offload": self.optimizer_cpu_offload,
@@ -103,7 +125,7 @@ class AltoOptimizerConfig(OptimizerConfig):
             if value:
                 raise ValueError(
                     f"AltoOptimizerConfig.{name}={value!r} is not supported with "
-                    "optimizer='alto' (both replace the inner optimizer with a "
+                    f"optimizer={self.optimizer!r} (both replace the inner optimizer with a "
                     "Transformer Engine / CPU-offload Adam); allowed: False"
                 )
 

@@ -1,4 +1,4 @@
-"""ALTO (and torch AdamW) under megatron's DistributedOptimizer: step state and checkpoints.
+"""ALTO, E and torch AdamW under megatron's DistributedOptimizer: step state and checkpoints.
 
 megatron-core 0.16.1's DistributedOptimizer was written for TE/apex FusedAdam.  Its
 sharding, gradient and parameter plumbing is optimizer-agnostic, and so is the
@@ -25,9 +25,12 @@ patched globally):
   bf16 parameters the two orders differ and state lands on the wrong shards.
   :meth:`CheckpointableDistributedOptimizer.align_param_order` reorders the
   shards to megatron's index (stepping is per parameter, so training is unchanged).
-* ``sharded_state_dict`` (ALTO only): megatron's formats other than
+* ``sharded_state_dict`` (ALTO and E): megatron's formats other than
   ``dp_reshardable`` hard-code Adam's keys and would drop ``diff_carry``; they are
   refused with a clear error instead of writing an incomplete checkpoint.
+* E keeps its carry apart from its base AdamW's state (``E.state`` and
+  ``E.base.state``); megatron's per-parameter state accessors, which
+  ``dp_reshardable`` saves and loads through, see the two merged.
 
 The constructor is megatron's, unchanged: :func:`alto.megatron.get_megatron_optimizer`
 lets megatron's factory build the DistributedOptimizer, replaces the inner torch
@@ -68,6 +71,14 @@ def init_torch_adam_state(optimizer: torch.optim.Optimizer, config: Any = None) 
                 state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
 
 
+def init_e_state(optimizer: torch.optim.Optimizer, config: Any = None) -> None:
+    """Allocate E's carry and its base Adam/AdamW's state for every parameter."""
+    init_torch_adam_state(optimizer.base)
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            optimizer._carry(param)
+
+
 def _common_step(optimizer: torch.optim.Optimizer) -> float:
     steps = {float(state["step"]) for state in optimizer.state.values() if "step" in state}
     if len(steps) > 1:
@@ -83,6 +94,10 @@ class CheckpointableDistributedOptimizer(DistributedOptimizer):
 
     #: allocates the inner optimizer's full per-parameter state (set by subclasses)
     allocate_state: Callable[[torch.optim.Optimizer], None] = staticmethod(init_torch_adam_state)
+
+    def _stepping_optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer whose per-parameter state holds torch's ``step``."""
+        return self.optimizer
 
     def align_param_order(self) -> None:
         """Order each group's shards as megatron's checkpoint index expects (see module doc)."""
@@ -110,7 +125,7 @@ class CheckpointableDistributedOptimizer(DistributedOptimizer):
     def state_dict(self) -> dict[str, Any]:
         """Non-sharded optimizer state: param groups (with the common step) and grad scaler."""
         inner = self.optimizer.state_dict()
-        step = _common_step(self.optimizer)
+        step = _common_step(self._stepping_optimizer())
         groups = []
         for group in inner["param_groups"]:
             group = {k: v for k, v in group.items() if k != "params"}
@@ -131,8 +146,9 @@ class CheckpointableDistributedOptimizer(DistributedOptimizer):
         }
         if len(steps) > 1:
             raise ValueError(f"checkpoint param_groups carry different steps {sorted(steps)}")
-        step = float(steps.pop()) if steps else _common_step(self.optimizer)
-        for state in self.optimizer.state.values():
+        stepping = self._stepping_optimizer()
+        step = float(steps.pop()) if steps else _common_step(stepping)
+        for state in stepping.state.values():
             device = state["step"].device if "step" in state else torch.device("cpu")
             state["step"] = torch.tensor(step, dtype=torch.float32, device=device)
 
@@ -160,10 +176,8 @@ class TorchAdamDistributedOptimizer(CheckpointableDistributedOptimizer):
     allocate_state = staticmethod(init_torch_adam_state)
 
 
-class AltoDistributedOptimizer(CheckpointableDistributedOptimizer):
-    """megatron's DistributedOptimizer with ALTO (m, v, c in the fp32 shards) inside."""
-
-    allocate_state = staticmethod(init_alto_state)
+class _CarryCheckpointFormats(CheckpointableDistributedOptimizer):
+    """Refuses the sharded formats that would drop ``diff_carry`` (see module doc)."""
 
     def sharded_state_dict(
         self,
@@ -177,12 +191,54 @@ class AltoDistributedOptimizer(CheckpointableDistributedOptimizer):
             "distrib_optim_sharding_type", "fully_sharded_model_space"
         )
         if chosen not in SUPPORTED_SHARDING_TYPES:
+            name = type(self.optimizer).__name__
             raise ValueError(
-                f"distrib_optim_sharding_type={chosen!r} is not supported for ALTO (megatron's "
+                f"distrib_optim_sharding_type={chosen!r} is not supported for {name} (megatron's "
                 "implementation of it stores only Adam's exp_avg/exp_avg_sq and would drop "
-                f"ALTO's diff_carry); allowed: {', '.join(map(repr, SUPPORTED_SHARDING_TYPES))}"
+                f"{name}'s diff_carry); allowed: {', '.join(map(repr, SUPPORTED_SHARDING_TYPES))}"
                 " -- pass metadata={'distrib_optim_sharding_type': 'dp_reshardable'}"
             )
         return super().sharded_state_dict(
             model_sharded_state_dict, is_loading, sharding_type, metadata
         )
+
+
+class AltoDistributedOptimizer(_CarryCheckpointFormats):
+    """megatron's DistributedOptimizer with ALTO (m, v, c in the fp32 shards) inside."""
+
+    allocate_state = staticmethod(init_alto_state)
+
+
+class EDistributedOptimizer(_CarryCheckpointFormats):
+    """megatron's DistributedOptimizer with E around torch Adam/AdamW inside.
+
+    Per shard: the base's ``step``, ``exp_avg`` and ``exp_avg_sq`` in ``E.base.state``
+    and E's ``diff_carry`` in ``E.state``; checkpoints carry all four.
+    """
+
+    allocate_state = staticmethod(init_e_state)
+
+    def _stepping_optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizer.base
+
+    def _get_main_param_and_optimizer_states(self, model_param: torch.Tensor) -> dict[str, Any]:
+        """The shard and its state tensors, base's and E's merged (what dp_reshardable saves)."""
+        group_index, group_order = self.model_param_group_index_map[model_param]
+        main_param = self.optimizer.param_groups[group_index]["params"][group_order]
+        return {
+            "param": main_param,
+            **self.optimizer.base.state[main_param],
+            **self.optimizer.state[main_param],
+        }
+
+    def _set_main_param_and_optimizer_states(
+        self, model_param: torch.Tensor, tensors: dict[str, torch.Tensor]
+    ) -> None:
+        """Copy loaded tensors into the shard and its merged state (the inverse of the get)."""
+        for key, dst in self._get_main_param_and_optimizer_states(model_param).items():
+            if key not in tensors:
+                raise KeyError(
+                    f"the checkpoint has no {key!r} for this parameter; it holds "
+                    f"{sorted(tensors)} (was it saved by another optimizer than E?)"
+                )
+            dst.copy_(tensors[key])

@@ -1,4 +1,4 @@
-"""``get_megatron_optimizer``: megatron's factory, plus ``optimizer="alto"``.
+"""``get_megatron_optimizer``: megatron's factory, plus ``optimizer="alto"`` and ``"e"``.
 
 For "adam" and "sgd" this is megatron's ``get_megatron_optimizer`` itself: the same
 wrappers, inner optimizers and numerics.  One addition: where megatron falls back to
@@ -19,6 +19,12 @@ DistributedOptimizer wrappers are re-typed to
 :class:`~alto.megatron.distrib.AltoDistributedOptimizer`.  So "alto" returns exactly
 the wrapper types megatron returns for "adam", and gradient clipping, loss scaling,
 found-inf skipping and grad-norm reporting stay megatron's.
+
+"e" is built the same way, except that the Adam stack's inner torch Adam/AdamW is
+kept and wrapped in :class:`~alto.optim.E` (E is elementwise, so no norm reducer is
+needed: every shard's step is exactly its slice of the unsharded step), and
+DistributedOptimizer wrappers become
+:class:`~alto.megatron.distrib.EDistributedOptimizer`.
 """
 
 from __future__ import annotations
@@ -37,10 +43,13 @@ from alto import ALTO
 from alto.megatron.config import OPTIMIZERS
 from alto.megatron.distrib import (
     AltoDistributedOptimizer,
+    EDistributedOptimizer,
     TorchAdamDistributedOptimizer,
     init_alto_state,
+    init_e_state,
 )
 from alto.megatron.norms import ShardedNormReducer
+from alto.optim import E
 
 # keys torch's AdamW adds to each param group; ALTO groups must not inherit them
 _ADAMW_GROUP_KEYS = frozenset(
@@ -68,8 +77,8 @@ def get_megatron_optimizer(
 ) -> MegatronOptimizer:
     """Build the megatron optimizer for ``model_chunks``; same call shape as megatron's.
 
-    ``config.optimizer``: "adam" / "sgd" -> megatron's factory, untouched; "alto" ->
-    the same wrappers around ALTO (``config`` must then be an
+    ``config.optimizer``: "adam" / "sgd" -> megatron's factory, untouched; "alto" /
+    "e" -> the same wrappers around ALTO / E(Adam) (``config`` must then be an
     :class:`~alto.megatron.config.AltoOptimizerConfig`).
     """
     name = getattr(config, "optimizer", None)
@@ -84,7 +93,7 @@ def get_megatron_optimizer(
         pg_collection=pg_collection,
         dump_param_to_param_group_map=dump_param_to_param_group_map,
     )
-    if name != "alto":
+    if name not in ("alto", "e"):
         built = _megatron_get_optimizer(config, model_chunks, **kwargs)
         for wrapper in _wrappers(built):
             if isinstance(wrapper, DistributedOptimizer) and type(wrapper.optimizer) in (
@@ -96,23 +105,24 @@ def get_megatron_optimizer(
         return built
     if not hasattr(config, "alto_betas"):
         raise TypeError(
-            "config.optimizer='alto' needs an alto.megatron.AltoOptimizerConfig (it carries "
-            f"ALTO's hyperparameters), got {type(config).__name__}"
+            f"config.optimizer={name!r} needs an alto.megatron.AltoOptimizerConfig (it carries "
+            f"ALTO's and E's hyperparameters), got {type(config).__name__}"
         )
     if getattr(model_chunks[0], "ddp_config", None) is not None and getattr(
         model_chunks[0].ddp_config, "use_megatron_fsdp", False
     ):
         raise ValueError(
             "DistributedDataParallelConfig.use_megatron_fsdp=True is not supported with "
-            "optimizer='alto'; allowed: False (megatron's DDP, with or without the "
+            f"optimizer={name!r}; allowed: False (megatron's DDP, with or without the "
             "distributed optimizer)"
         )
     adam_config = dataclasses.replace(config, optimizer="adam")
     built = _megatron_get_optimizer(adam_config, model_chunks, **kwargs)
+    install = install_alto if name == "alto" else install_e
     for wrapper in _wrappers(built):
         wrapper.config = config
         if wrapper.optimizer is not None:
-            install_alto(wrapper, config, pg_collection)
+            install(wrapper, config, pg_collection)
     if isinstance(built, ChainedOptimizer):
         built.config = config
     return built
@@ -215,3 +225,54 @@ def install_alto(wrapper: MegatronOptimizer, config: Any, pg_collection: Any = N
     if not reducer.is_noop:
         alto.norm_reducer = reducer
     return alto
+
+
+def _torch_adam_over(inner: torch.optim.Optimizer, config: Any) -> torch.optim.Optimizer:
+    """torch Adam/AdamW over ``inner``'s param groups: ``inner`` itself when megatron
+    fell back to torch's (no Transformer Engine / apex), else a state-less replacement
+    with megatron's hyperparameters (E needs an optimizer that reads ``p.grad``)."""
+    if type(inner) in (torch.optim.Adam, torch.optim.AdamW):
+        return inner
+    cls = torch.optim.AdamW if config.decoupled_weight_decay else torch.optim.Adam
+    params = [p for g in inner.param_groups for p in g["params"]]
+    device = params[0].device if params else torch.device("cpu")
+    adam = cls(
+        [torch.zeros(1, device=device)],
+        lr=config.lr,
+        betas=(config.adam_beta1, config.adam_beta2),
+        eps=config.adam_eps,
+        weight_decay=config.weight_decay,
+    )
+    own = dict(adam.defaults)
+    adam.param_groups = [
+        {
+            **own,
+            **{k: v for k, v in g.items() if k not in own or k in ("lr", "weight_decay")},
+            "weight_decay": config.weight_decay * g.get("wd_mult", 1.0),
+        }
+        for g in inner.param_groups
+    ]
+    adam.state.clear()
+    return adam
+
+
+def install_e(wrapper: MegatronOptimizer, config: Any, pg_collection: Any = None) -> E:
+    """Wrap ``wrapper``'s state-less inner Adam/AdamW in E over the same param groups."""
+    inner = wrapper.optimizer
+    if len(inner.state) != 0:
+        raise RuntimeError(
+            "install_e expects the freshly built, never-stepped inner optimizer "
+            f"({type(inner).__name__} already holds state for {len(inner.state)} tensors)"
+        )
+    e = E(
+        _torch_adam_over(inner, config),
+        alpha=config.e_alpha,
+        beta=config.e_beta,
+        on_nonfinite="unchecked",  # megatron's found-inf check skips bad steps
+    )
+    wrapper.optimizer = e
+    wrapper.init_state_fn = init_e_state
+    if isinstance(wrapper, DistributedOptimizer):
+        wrapper.__class__ = EDistributedOptimizer
+        wrapper.align_param_order()
+    return e

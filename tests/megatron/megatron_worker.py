@@ -47,6 +47,10 @@ PARITY_CASES: dict[str, H.Layout] = {
     "alto_moe_tp2_sp": H.Layout(moe=True, tp=2, sp=True),
     "alto_moe_ep2": H.Layout(moe=True, ep=2),
     "alto_moe_ep2_alltoall": H.Layout(moe=True, ep=2, dispatcher="alltoall"),
+    "e_fp32_dp2": H.Layout(optimizer="e"),
+    "e_bf16_dp2": H.Layout(optimizer="e", bf16=True),
+    "e_fp32_tp2": H.Layout(optimizer="e", tp=2),
+    "e_moe_ep2": H.Layout(optimizer="e", moe=True, ep=2),
 }
 
 
@@ -71,6 +75,8 @@ def optimizer_config(layout: H.Layout) -> Any:
         alto_eps=1e-4,
         alto_alpha=0.5,
         alto_beta1=0.01,
+        e_alpha=-2.0,
+        e_beta=0.9,
     )
 
 
@@ -93,6 +99,12 @@ def snapshot(model: torch.nn.Module) -> list[tuple[str, int | None, int, int, to
     return out
 
 
+def _states(inner: Any) -> list[dict]:
+    """The per-parameter state dicts of an inner optimizer: E keeps its base's apart."""
+    base = getattr(inner, "base", None)
+    return [inner.state] + ([base.state] if base is not None else [])
+
+
 def state_bytes(optimizer: Any) -> dict[str, int]:
     """Bytes of full-size optimizer state tensors and the elements they cover, this rank."""
     total, numel = 0, 0
@@ -100,9 +112,10 @@ def state_bytes(optimizer: Any) -> dict[str, int]:
         for group in inner.optimizer.param_groups:
             for p in group["params"]:
                 numel += p.numel()
-                for value in inner.optimizer.state[p].values():
-                    if isinstance(value, torch.Tensor) and value.shape == p.shape:
-                        total += value.numel() * value.element_size()
+                for state in _states(inner.optimizer):
+                    for value in state[p].values():
+                        if isinstance(value, torch.Tensor) and value.shape == p.shape:
+                            total += value.numel() * value.element_size()
     return {"state_bytes": total, "opt_numel": numel}
 
 
@@ -154,12 +167,20 @@ CKPT_LAYOUTS: dict[str, H.Layout] = {
     "moe_ep2": H.Layout(moe=True, ep=2, bucket_size=None),
     "adam": H.Layout(optimizer="adam", bucket_size=None),
     "bf16_mixed": H.Layout(bf16=True, float16_module=False, bucket_size=None),
+    "e": H.Layout(optimizer="e", bucket_size=None),
+    "e_bf16_moe_ep2": H.Layout(optimizer="e", bf16=True, moe=True, ep=2, bucket_size=None),
 }
 
 
 def _steps(optimizer: Any) -> list[float]:
     return sorted(
-        {float(s["step"]) for i in optimizer.chained_optimizers for s in i.optimizer.state.values()}
+        {
+            float(s["step"])
+            for i in optimizer.chained_optimizers
+            for states in _states(i.optimizer)
+            for s in states.values()
+            if "step" in s
+        }
     )
 
 
@@ -189,7 +210,7 @@ def resumed(ckpt: Path, layout: H.Layout, *, drop_carry: bool = False) -> dict[s
     if drop_carry:  # negative control: what megatron's Adam-only loader would leave
         for inner in optimizer.chained_optimizers:
             for state in inner.optimizer.state.values():
-                state["diff_carry"].zero_()
+                state["diff_carry"].zero_()  # ALTO's and E's own state alike
     losses = H.train_steps(model, optimizer, range(SAVE_AT, STEPS))
     return {"params": snapshot(model), "losses": losses, "steps": _steps(optimizer)}
 
@@ -207,6 +228,7 @@ def phase_resume(ckpt: Path) -> dict[str, Any]:
         for name, layout in CKPT_LAYOUTS.items()
     }
     results["ckpt_resumed_dense_no_carry"] = resumed(ckpt / "dense", CKPT_LAYOUT, drop_carry=True)
+    results["ckpt_resumed_e_no_carry"] = resumed(ckpt / "e", CKPT_LAYOUTS["e"], drop_carry=True)
     return results
 
 

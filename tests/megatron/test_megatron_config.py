@@ -32,6 +32,9 @@ def test_defaults_are_the_papers_large_batch_setting() -> None:
             {"optimizer": "alto", "use_precision_aware_optimizer": True},
             "use_precision_aware_optimizer=True",
         ),
+        ({"optimizer": "e", "e_beta": 1.0}, "e_beta=1.0"),
+        ({"optimizer": "e", "e_alpha": -20.0, "e_beta": 0.9}, "e_alpha=-20.0"),
+        ({"optimizer": "e", "optimizer_cpu_offload": True}, "optimizer_cpu_offload=True"),
     ],
 )
 def test_bad_values_are_named_with_what_is_allowed(kwargs: dict, field: str) -> None:
@@ -44,6 +47,7 @@ def test_adam_and_sgd_configs_skip_alto_checks() -> None:
     # ALTO's fields are not validated when ALTO is not used (megatron's own rules apply)
     AltoOptimizerConfig(optimizer="adam", lr=1e-3, alto_eps=0.0)
     AltoOptimizerConfig(optimizer="sgd", lr=1e-3, alto_beta1=2.0)
+    AltoOptimizerConfig(optimizer="alto", lr=1e-3, e_beta=2.0)  # E's are E's only
 
 
 def test_factory_rejects_unknown_optimizer_before_touching_the_model() -> None:

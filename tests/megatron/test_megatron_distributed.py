@@ -1,4 +1,5 @@
-"""ALTO inside megatron-core with 2 gloo processes: DP / TP / EP parity, checkpoints, memory.
+"""ALTO and E inside megatron-core with 2 gloo processes: DP / TP / EP parity, checkpoints,
+memory.
 
 Three process launches in all (see megatron_worker.py): ``parity`` (2 processes),
 ``reference`` (1 process) and ``resume`` (2 fresh processes).  Every parallel run is
@@ -111,6 +112,9 @@ def _parity(runs: dict, case: str) -> float:
         "alto_moe_tp2_sp",
         "alto_moe_ep2",
         "alto_moe_ep2_alltoall",
+        "e_fp32_dp2",
+        "e_fp32_tp2",
+        "e_moe_ep2",
     ],
 )
 def test_parallel_run_equals_single_process(runs: dict, case: str) -> None:
@@ -132,9 +136,20 @@ def test_adam_is_megatrons_own_optimizer(runs: dict) -> None:
 def test_bf16_alto_within_adams_own_dp2_vs_dp1_difference(runs: dict) -> None:
     alto = _parity(runs, "alto_bf16_dp2")
     adam = _parity(runs, "adam_bf16_dp2")
-    print(f"bf16 DP2 vs DP1: alto {alto:.2e}, adam {adam:.2e}")
+    e = _parity(runs, "e_bf16_dp2")
+    print(f"bf16 DP2 vs DP1: alto {alto:.2e}, e {e:.2e}, adam {adam:.2e}")
     assert 0 < adam < 5e-2
     assert alto <= 2 * adam
+    assert e <= 2 * adam
+
+
+def test_e_differs_from_the_adam_it_wraps(runs: dict) -> None:
+    """E's explored gradient really reaches the step (alpha != 0 changes the run)."""
+    for rank in runs["parity"]:
+        e = {n: t for n, *_, t in rank["e_fp32_dp2"]["params"]}
+        adam = {n: t for n, *_, t in rank["adam_fp32_dp2"]["params"]}
+        rel = max(float((e[n] - adam[n]).norm() / adam[n].norm()) for n in adam)
+        assert rel > 1e-3, rel
 
 
 @pytest.mark.parametrize("layout", ["dp2", "tp2"])
@@ -150,18 +165,22 @@ def test_slice_local_trust_ratios_would_differ(runs: dict, layout: str) -> None:
 def test_alto_state_is_12_bytes_per_parameter_per_shard(runs: dict) -> None:
     alto = [r["alto_fp32_dp2"] for r in runs["parity"]]
     adam = [r["adam_fp32_dp2"] for r in runs["parity"]]
-    for a, b in zip(alto, adam):
+    e = [r["e_fp32_dp2"] for r in runs["parity"]]
+    for a, b, c in zip(alto, adam, e):
         assert a["opt_numel"] > 0
         assert a["state_bytes"] == 12 * a["opt_numel"]
         assert b["state_bytes"] == 8 * b["opt_numel"]
-        assert a["opt_numel"] == b["opt_numel"]
+        assert c["state_bytes"] == 12 * c["opt_numel"]  # AdamW's m, v + E's carry
+        assert a["opt_numel"] == b["opt_numel"] == c["opt_numel"]
     # the shards partition the model: each rank holds about half of it
     model_numel = alto[0]["model_numel"]
     assert sum(a["opt_numel"] for a in alto) == model_numel
     assert all(a["opt_numel"] < model_numel for a in alto)
 
 
-@pytest.mark.parametrize("layout", ["dense", "bf16", "moe_ep2", "adam", "bf16_mixed"])
+@pytest.mark.parametrize(
+    "layout", ["dense", "bf16", "moe_ep2", "adam", "bf16_mixed", "e", "e_bf16_moe_ep2"]
+)
 def test_checkpoint_resume_continues_exactly(runs: dict, layout: str) -> None:
     """Save at step 3, load in fresh processes, steps 4-6 == the uninterrupted run."""
     for full, res in zip(runs["parity"], runs["resume"]):
@@ -173,10 +192,11 @@ def test_checkpoint_resume_continues_exactly(runs: dict, layout: str) -> None:
             assert torch.equal(x, y), f"{name} differs after resume"
 
 
-def test_resume_without_diff_carry_would_differ(runs: dict) -> None:
+@pytest.mark.parametrize("layout", ["dense", "e"])
+def test_resume_without_diff_carry_would_differ(runs: dict, layout: str) -> None:
     """Negative control: zeroing the loaded diff_carry (Adam-only loading) changes the run."""
     for full, res in zip(runs["parity"], runs["resume"]):
-        a, b = full["ckpt_uninterrupted_dense"], res["ckpt_resumed_dense_no_carry"]
+        a, b = full[f"ckpt_uninterrupted_{layout}"], res[f"ckpt_resumed_{layout}_no_carry"]
         ref = {name: t for name, _, _, _, t in a["params"]}
         rel = _max_rel(b["params"], ref)
         print(f"resume with diff_carry dropped: {rel:.2e} from the uninterrupted run")
