@@ -3,9 +3,10 @@
 ``alto`` and ``adamw`` go through megatron's DistributedOptimizer: ALTO via the
 ALTO megatron integration (``alto.megatron.get_megatron_optimizer``), AdamW via the
 same factory when it is there (it also fixes megatron's torch-AdamW checkpoint
-bugs), else megatron's own.  ``e`` wraps a named torch optimizer in ALTO's E
-adaptor; the DistributedOptimizer accepts only Adam-family inner optimizers, so E
-runs under megatron's non-sharded FP32Optimizer.
+bugs), else megatron's own.  ``e`` around Adam/AdamW (configured by betas, eps and
+weight_decay: ``ESpec.sharded``) goes through the same factory's ``optimizer="e"``,
+sharded and in bf16 too; ``e`` around any other torch optimizer runs under megatron's
+non-sharded FP32Optimizer with the inner optimizer replaced by E(base).
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def _alto_factory():
 
 
 def uses_distributed_optimizer(spec: JobSpec) -> bool:
-    return spec.optimizer.name != "e"
+    opt = spec.optimizer
+    return not isinstance(opt, ESpec) or opt.sharded
 
 
 def _base_config_kwargs(spec: JobSpec) -> dict:
@@ -104,6 +106,37 @@ _E_BASES = {
 
 
 def _build_e(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
+    if opt.sharded:
+        return _build_e_sharded(spec, opt, model)
+    return _build_e_unsharded(spec, opt, model)
+
+
+def _build_e_sharded(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
+    """E around megatron's Adam/AdamW in the DistributedOptimizer (alto.megatron's "e")."""
+    factory = _alto_factory()
+    if factory is None:
+        raise RuntimeError(
+            "optimizer 'e' around adam/adamw needs alto.megatron (the ALTO megatron "
+            "integration), which is not installed in this environment"
+        )
+    hyper = opt.base_hyperparameters
+    beta1, beta2 = hyper.get("betas", (0.9, 0.999))
+    adamw = opt.base == "adamw"
+    config = factory.AltoOptimizerConfig(
+        optimizer="e",
+        e_alpha=opt.alpha,
+        e_beta=opt.beta1,
+        adam_beta1=float(beta1),
+        adam_beta2=float(beta2),
+        adam_eps=float(hyper.get("eps", 1e-8)),
+        weight_decay=opt.weight_decay,
+        decoupled_weight_decay=adamw,
+        **_base_config_kwargs(spec),
+    )
+    return factory.get_megatron_optimizer(config, [model])
+
+
+def _build_e_unsharded(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
     """megatron builds an SGD FP32Optimizer (its param groups, clipping, schedule hooks);
     the inner torch optimizer is then replaced by E around the requested base."""
     from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer

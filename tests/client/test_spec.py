@@ -77,6 +77,49 @@ def test_optimizer_union_discriminates_on_name() -> None:
     assert "training.lr" in bad["optimizer.base_hyperparameters"]
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "sharded", "weight_decay"),
+    [
+        ("{name: e, base: adamw}", True, 0.01),
+        (
+            "{name: e, base: adam, base_hyperparameters: {betas: [0.9, 0.95], eps: 1.0e-6}}",
+            True,
+            0.0,
+        ),
+        ("{name: e, base: adamw, base_hyperparameters: {weight_decay: 0.1}}", True, 0.1),
+        ("{name: e, base: adamw, base_hyperparameters: {amsgrad: true}}", False, 0.01),
+        ("{name: e, base: sgd, base_hyperparameters: {momentum: 0.9}}", False, 0.0),
+    ],
+)
+def test_e_runs_sharded_around_plain_adam_and_reports_its_weight_decay(
+    optimizer: str, sharded: bool, weight_decay: float
+) -> None:
+    e = JobSpec.from_yaml(f"optimizer: {optimizer}\n").optimizer
+    assert isinstance(e, ESpec)
+    assert e.sharded is sharded and e.weight_decay == weight_decay
+    bf16 = f"optimizer: {optimizer}\ntraining: {{precision: bf16}}\n"
+    if sharded:
+        assert JobSpec.from_yaml(bf16).training.precision == "bf16"
+    else:
+        assert "runs in fp32 only" in problems(bf16)["training.precision"]
+
+
+@pytest.mark.parametrize(
+    ("hyper", "message"),
+    [
+        ("{betas: [0.9]}", "betas must be [beta1, beta2]"),
+        ("{betas: [0.9, 1.0]}", "betas must be [beta1, beta2]"),
+        ("{eps: 0}", "eps must be a number > 0"),
+        ("{weight_decay: -0.1}", "weight_decay must be a number >= 0"),
+    ],
+)
+def test_e_adam_hyperparameters_are_checked_before_any_worker_starts(
+    hyper: str, message: str
+) -> None:
+    bad = problems(f"optimizer: {{name: e, base: adamw, base_hyperparameters: {hyper}}}\n")
+    assert any(message in m for m in bad.values()), bad
+
+
 def test_yaml_scientific_notation_without_dot_is_a_float() -> None:
     spec = JobSpec.from_yaml("training: {lr: 3e-4, min_lr: 1e-5}\n")
     assert spec.training.lr == pytest.approx(3e-4)

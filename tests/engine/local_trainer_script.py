@@ -39,7 +39,21 @@ def main(spec_json: str) -> None:
         again = Trainer(spec, Path(tmp))
         start = load_checkpoint(Path(tmp) / "ckpt", again.model, again.optimizer, again.scheduler)
         resumed = [again.train_step(s).loss for s in range(start + 1, spec.training.steps + 1)]
-    print("RESULT " + json.dumps({"straight": straight, "resumed": resumed, "start": start}))
+        leaves = getattr(again.optimizer, "chained_optimizers", [again.optimizer])
+        wrappers = sorted({type(w).__name__ for w in leaves})
+        inner = sorted({type(w.optimizer).__name__ for w in leaves})
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "straight": straight,
+                "resumed": resumed,
+                "start": start,
+                "wrappers": wrappers,
+                "inner": inner,
+            }
+        )
+    )
     dist.destroy_process_group()
 
 

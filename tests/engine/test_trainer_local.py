@@ -1,4 +1,5 @@
-"""The worker's Trainer without Ray (one gloo process): the E optimizer trains and resumes."""
+"""The worker's Trainer without Ray (one gloo process): the E optimizer trains and resumes,
+unsharded around SGD and inside the DistributedOptimizer (bf16) around AdamW."""
 
 from __future__ import annotations
 
@@ -15,7 +16,21 @@ HERE = Path(__file__).resolve().parent
 
 
 @pytest.mark.timeout(300)
-def test_e_around_sgd_trains_and_resumes_exactly(cache_dir: Path) -> None:
+@pytest.mark.parametrize(
+    ("optimizer", "precision", "sharded"),
+    [
+        ({"name": "e", "base": "sgd", "base_hyperparameters": {"momentum": 0.9}}, "fp32", False),
+        (
+            {"name": "e", "base": "adamw", "base_hyperparameters": {"betas": [0.9, 0.95]}},
+            "bf16",
+            True,
+        ),
+    ],
+    ids=["sgd-unsharded-fp32", "adamw-distributed-bf16"],
+)
+def test_e_trains_and_resumes_exactly(
+    cache_dir: Path, optimizer: dict, precision: str, sharded: bool
+) -> None:
     spec = JobSpec.from_dict(
         {
             "model": {
@@ -31,12 +46,14 @@ def test_e_around_sgd_trains_and_resumes_exactly(cache_dir: Path) -> None:
                 "steps": 4,
                 "global_batch_size": 4,
                 "micro_batch_size": 2,
-                "lr": 0.05,
+                "lr": 0.05 if not sharded else 3e-3,
                 "eval_batches": 1,
+                "precision": precision,
             },
-            "optimizer": {"name": "e", "base": "sgd", "base_hyperparameters": {"momentum": 0.9}},
+            "optimizer": optimizer,
         }
     )
+    assert spec.optimizer.sharded is sharded
     proc = subprocess.run(
         [sys.executable, str(HERE / "local_trainer_script.py"), spec.model_dump_json()],
         capture_output=True,
@@ -48,6 +65,9 @@ def test_e_around_sgd_trains_and_resumes_exactly(cache_dir: Path) -> None:
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     result = json.loads(lines[0][len("RESULT ") :])
     straight, resumed = result["straight"], result["resumed"]
+    assert result["inner"] == ["E"]
+    expected = "EDistributedOptimizer" if sharded else "FP32Optimizer"
+    assert expected in result["wrappers"], result["wrappers"]
     assert result["start"] == 2
     assert resumed == straight[2:]
     assert straight[-1] < straight[0]

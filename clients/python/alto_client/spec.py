@@ -211,6 +211,10 @@ class AdamWSpec(_Strict):
     weight_decay: float = Field(default=0.01, ge=0.0)
 
 
+SHARDED_E_BASES = ("adam", "adamw")
+SHARDED_E_HYPERPARAMETERS = ("betas", "eps", "weight_decay")
+
+
 class ESpec(_Strict):
     """E: ALTO's gradient acceleration wrapped around a named torch base optimizer."""
 
@@ -225,6 +229,56 @@ class ESpec(_Strict):
     )
     alpha: float | None = None
     beta1: float | None = Field(default=None, ge=0.0, lt=1.0)
+
+    @property
+    def sharded(self) -> bool:
+        """Whether the engine runs this E inside megatron's DistributedOptimizer (sharded
+        state, bf16): for an Adam/AdamW base configured only by betas, eps and
+        weight_decay. Other bases run unsharded, in fp32."""
+        return self.base in SHARDED_E_BASES and set(self.base_hyperparameters) <= set(
+            SHARDED_E_HYPERPARAMETERS
+        )
+
+    @property
+    def weight_decay(self) -> float:
+        """The base's weight decay: given, else torch's default (AdamW 0.01, others 0);
+        the LR/WD schedule applies it (times each group's no-decay multiplier)."""
+        given = self.base_hyperparameters.get("weight_decay")
+        if isinstance(given, int | float) and not isinstance(given, bool):
+            return float(given)
+        return 0.01 if self.base == "adamw" else 0.0
+
+    @model_validator(mode="after")
+    def _adam_hyperparameters(self) -> ESpec:
+        if self.base not in SHARDED_E_BASES:
+            return self
+        hyper = self.base_hyperparameters
+        betas = hyper.get("betas")
+        if betas is not None and not (
+            isinstance(betas, list) and len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas)
+        ):
+            raise PydanticCustomError(
+                "spec_invalid",
+                "{message}",
+                {
+                    "message": f"base_hyperparameters.betas must be [beta1, beta2] in [0, 1), got {betas!r}"
+                },
+            )
+        for name, low in (("eps", 0.0), ("weight_decay", 0.0)):
+            value = hyper.get(name)
+            if value is None:
+                continue
+            bad = isinstance(value, bool | list) or not math.isfinite(value)
+            if bad or value < low or (name == "eps" and value == 0):
+                raise PydanticCustomError(
+                    "spec_invalid",
+                    "{message}",
+                    {
+                        "message": f"base_hyperparameters.{name} must be a number "
+                        f"{'> 0' if name == 'eps' else '>= 0'}, got {value!r}"
+                    },
+                )
+        return self
 
     @field_validator("base_hyperparameters")
     @classmethod
@@ -547,11 +601,18 @@ class JobSpec(_Strict):
                     t.eval_batches,
                 )
             )
-        if t.precision == "bf16" and self.optimizer.name == "e":
+        if (
+            t.precision == "bf16"
+            and isinstance(self.optimizer, ESpec)
+            and not self.optimizer.sharded
+        ):
             out.append(
                 _problem(
                     ("training", "precision"),
-                    "optimizer 'e' runs in fp32 only; use precision fp32",
+                    f"optimizer 'e' with base {self.optimizer.base!r} and base_hyperparameters "
+                    f"{sorted(self.optimizer.base_hyperparameters)} runs in fp32 only; use "
+                    "precision fp32, or base 'adam'/'adamw' configured only by "
+                    f"{', '.join(SHARDED_E_HYPERPARAMETERS)} (which runs sharded, in bf16 too)",
                     t.precision,
                 )
             )
