@@ -123,7 +123,7 @@ def _optimizer(name: str, model: torch.nn.Module) -> Any:
     from alto.megatron import AltoOptimizerConfig, get_megatron_optimizer
 
     config = AltoOptimizerConfig(
-        optimizer="adam" if name == "adamw" else "alto",
+        optimizer={"adamw": "adam", "alto": "alto", "e_adamw": "e"}[name],
         lr=3e-4,
         weight_decay=0.1,
         adam_beta1=0.9,
@@ -134,6 +134,8 @@ def _optimizer(name: str, model: torch.nn.Module) -> Any:
         decoupled_weight_decay=True,
         alto_alpha=0.5,
         alto_beta1=0.01,
+        e_alpha=0.5,
+        e_beta=0.01,
     )
     return get_megatron_optimizer(config, [model])
 
@@ -146,12 +148,15 @@ def _sync(device: str) -> None:
 def _state_bytes(optimizer: Any) -> tuple[int, int]:
     total, numel = 0, 0
     for inner in optimizer.chained_optimizers:
-        for group in inner.optimizer.param_groups:
+        opt = inner.optimizer
+        states = [opt.state] + ([opt.base.state] if hasattr(opt, "base") else [])  # E's base
+        for group in opt.param_groups:
             for p in group["params"]:
                 numel += p.numel()
-                for v in inner.optimizer.state[p].values():
-                    if torch.is_tensor(v) and v.shape == p.shape:
-                        total += v.numel() * v.element_size()
+                for state in states:
+                    for v in state[p].values():
+                        if torch.is_tensor(v) and v.shape == p.shape:
+                            total += v.numel() * v.element_size()
     return total, numel
 
 
@@ -222,9 +227,10 @@ def main() -> None:
     shape = TINY if args.tiny else FULL
     started = time.time()
     results = {
-        name: run(name, shape, device, args.warmup, args.steps) for name in ("adamw", "alto")
+        name: run(name, shape, device, args.warmup, args.steps)
+        for name in ("adamw", "alto", "e_adamw")
     }
-    a, b = results["adamw"], results["alto"]
+    a, b, e = results["adamw"], results["alto"], results["e_adamw"]
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu",
@@ -236,6 +242,7 @@ def main() -> None:
             "extra_state_bytes_per_param": b["state_bytes_per_param"] - a["state_bytes_per_param"],
             "peak_GB_delta": None if a["peak_GB"] is None else b["peak_GB"] - a["peak_GB"],
         },
+        "e_adamw_vs_adamw": {"tokens_per_s_ratio": e["tokens_per_s"] / a["tokens_per_s"]},
         "wall_s": round(time.time() - started, 1),
     }
     text = json.dumps(report, indent=1)
@@ -251,6 +258,7 @@ def main() -> None:
             f"{100 * r['optimizer_share']:.1f}% | {r['state_bytes_per_param']:.1f} | {peak} |"
         )
     print(f"\nALTO / AdamW tokens/s: {report['alto_vs_adamw']['tokens_per_s_ratio']:.3f}")
+    print(f"E(AdamW) / AdamW tokens/s: {report['e_adamw_vs_adamw']['tokens_per_s_ratio']:.3f}")
     torch.distributed.destroy_process_group()
 
 
