@@ -124,6 +124,51 @@ def request_cancel(s: Session, seq: int) -> CancelOutcome:
     return CancelOutcome.ENDED
 
 
+# ---------------------------------------------------------------- deleting jobs
+
+DELETE_BATCH = 20_000
+_METRICS = MetricRow.__table__
+
+
+def delete_jobs(s: Session, seqs: list[int], comparison_seq: int | None = None) -> int:
+    """Delete ended jobs `seqs` (and comparison `comparison_seq`) with their metric
+    points and tags; returns the number of points deleted.
+
+    Points go first, `DELETE_BATCH` at a time, each batch its own transaction, so a
+    long history does not hold SQLite's write lock (and every uploader) for seconds.
+    Interrupted, it leaves ended jobs with fewer points, and deleting again finishes.
+    """
+    batch = (
+        _METRICS.delete()
+        .where(
+            _METRICS.c.id.in_(
+                select(_METRICS.c.id)
+                .where(_METRICS.c.job_seq == bindparam("seq"))
+                .limit(DELETE_BATCH)
+                .scalar_subquery()
+            )
+        )
+        .execution_options(synchronize_session=False)
+    )
+    points = 0
+    for seq in seqs:
+        while True:
+            n = s.execute(batch, {"seq": seq}).rowcount
+            s.commit()
+            points += n
+            if n < DELETE_BATCH:
+                break
+    # tags go with their jobs, and jobs with their comparison (ON DELETE CASCADE)
+    if comparison_seq is not None:
+        s.execute(
+            ComparisonRow.__table__.delete().where(ComparisonRow.__table__.c.seq == comparison_seq)
+        )
+    else:
+        s.execute(_JOBS.delete().where(_JOBS.c.seq.in_(seqs)))
+    s.commit()
+    return points
+
+
 # ---------------------------------------------------------------- reading jobs
 
 _TAG_SEPARATOR = "\x1f"  # tags are printable, so a control character cannot occur in one

@@ -36,6 +36,7 @@ from service.deps import (
 )
 from service.errors import ApiError, field_errors
 from service.plot import render_comparison
+from service.repo import TERMINAL, delete_jobs
 from service.specs import variant
 from service.submit import check_fits, check_idempotency_key, new_job_row
 from service.validation import spec_problems
@@ -239,6 +240,27 @@ def get_comparison(
     baseline, steps and time to reach the baseline's final loss, throughput ratio,
     memory overhead and optimizer-state ratio."""
     return _summary(s, _load(s, principal, comparison_id))
+
+
+@router.delete("/{comparison_id}", status_code=204, response_class=Response, responses=ERRORS)
+def delete_comparison(
+    comparison_id: Annotated[str, COMPARISON_ID], principal: PrincipalDep, s: SessionDep
+) -> Response:
+    """Delete a comparison whose jobs have all ended, with those jobs and their metrics."""
+    row = _load(s, principal, comparison_id)
+    jobs = s.execute(
+        select(JobRow.seq, JobRow.id, JobRow.status).where(JobRow.comparison_seq == row.seq)
+    ).all()
+    running = [(job_id, status) for _, job_id, status in jobs if status not in TERMINAL]
+    if running:
+        listed = ", ".join(f"{job_id} ({status})" for job_id, status in running[:5])
+        raise ApiError(
+            409,
+            f"comparison {comparison_id} still has {len(running)} unfinished job(s): {listed}; "
+            "cancel them first (POST /v1/jobs/{id}/cancel)",
+        )
+    delete_jobs(s, [seq for seq, _, _ in jobs], comparison_seq=row.seq)
+    return Response(status_code=204)
 
 
 @router.get(

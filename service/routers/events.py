@@ -108,6 +108,9 @@ async def job_events(
                 return
             if not snap["full"]:
                 await asyncio.sleep(interval)
-            snap = await run_in_threadpool(_snapshot, state, principal, job_id, last_id)
+            try:
+                snap = await run_in_threadpool(_snapshot, state, principal, job_id, last_id)
+            except ApiError:  # the (ended) job was deleted meanwhile: nothing more to send
+                return
 
     return EventSourceResponse(stream(), ping=15)

@@ -45,7 +45,9 @@ from service.errors import ApiError
 from service.repo import (
     JOB_BY_ID,
     JOB_SELECT,
+    TERMINAL,
     CancelOutcome,
+    delete_jobs,
     finite_or_none,
     insert_points,
     latest_metrics,
@@ -184,6 +186,27 @@ def cancel_job(
     if state.scheduler is not None:
         state.scheduler.wake()
     return read_job(s, record.seq)
+
+
+@router.delete("/{job_id}", status_code=204, response_class=Response, responses=ERRORS)
+def delete_job(job_id: Annotated[str, JOB_ID], principal: PrincipalDep, s: SessionDep) -> Response:
+    """Delete an ended job with its metric history (a running job is cancelled first;
+    a comparison's job goes with its comparison)."""
+    record = load_job(s, principal, job_id)
+    if record.status not in TERMINAL:
+        raise ApiError(
+            409,
+            f"job {job_id} is {record.status}; only ended jobs can be deleted "
+            f"(cancel it first: POST /v1/jobs/{job_id}/cancel)",
+        )
+    if record.comparison_id is not None:
+        raise ApiError(
+            409,
+            f"job {job_id} belongs to comparison {record.comparison_id}; delete the "
+            f"comparison instead (DELETE /v1/comparisons/{record.comparison_id})",
+        )
+    delete_jobs(s, [record.seq])
+    return Response(status_code=204)
 
 
 @router.get(

@@ -133,6 +133,14 @@ def test_compare_watch_and_report(runner: CliRunner, spec_file: Path, tmp_path: 
     assert "adamw, alto" in table.stdout  # baseline first
     none = runner.invoke(app, ["comparisons", "--owner", "nobody-at-all"])
     assert none.exit_code == 0 and "no comparisons" in none.stderr
+    job_id = comp["arms"][0]["job_ids"][0]
+    refused = runner.invoke(app, ["delete", job_id])
+    assert refused.exit_code == 1 and "delete the comparison instead" in refused.stderr
+    gone = runner.invoke(app, ["delete", "--comparison", comp["id"]])
+    assert gone.exit_code == 0 and f"deleted comparison {comp['id']}" in gone.stdout
+    assert runner.invoke(app, ["status", job_id]).exit_code == 1
+    again = runner.invoke(app, ["delete", "--comparison", comp["id"]])
+    assert again.exit_code == 1 and "no comparison" in again.stderr
 
 
 def test_bad_arguments_give_one_clear_line(

@@ -50,6 +50,13 @@ def test_async_client_end_to_end(svc: LiveService, tmp_path: Path) -> None:
             assert done.status == JobStatus.SUCCEEDED
             png = await client.plot(comp.id, tmp_path / "c.png")
             assert png.read_bytes().startswith(b"\x89PNG")
+            await client.delete_comparison(comp.id)
+            with pytest.raises(errors.NotFound):
+                await client.comparison(comp.id)
+            await client.delete_comparison(comp.id, missing_ok=True)
+            await client.delete(first.id)
+            with pytest.raises(errors.NotFound):
+                await client.delete(first.id)
             assert await client.health()
             long_job = await client.submit(
                 {**spec, "training": {**spec["training"], "steps": 5000}}

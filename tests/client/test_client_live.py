@@ -69,6 +69,24 @@ def test_jobs_iterator_pages_through_everything(client: Client) -> None:
     assert list(client.jobs(tag=f"none-{uuid.uuid4().hex[:6]}")) == []
 
 
+def test_delete_an_ended_job_and_a_comparison(client: Client) -> None:
+    job = client.submit(_spec())
+    with pytest.raises(errors.Conflict, match="cancel it first"):
+        client.delete(job.id)  # still queued or running
+    client.wait(job.id, timeout=60, poll_interval=0.1)
+    client.delete(job.id)
+    with pytest.raises(errors.NotFound):
+        client.job(job.id)
+    with pytest.raises(errors.NotFound):
+        client.delete(job.id)
+    client.delete(job.id, missing_ok=True)
+    comp = client.compare(_spec(), ["alto", "adamw"], 1)
+    client.wait_comparison(comp.id, timeout=60, poll_interval=0.1)
+    client.delete_comparison(comp.id)
+    assert comp.id not in [c.id for c in client.comparisons()]
+    client.delete_comparison(comp.id, missing_ok=True)
+
+
 def test_comparisons_iterator_lists_what_compare_made(client: Client) -> None:
     made = [client.compare(_spec(), ["alto", "adamw"], 1).id for _ in range(3)]
     listed = [c.id for c in client.comparisons(page_size=2, limit=3)]

@@ -110,6 +110,11 @@ def test_unknown_ids_and_bad_path_params(svc):
     for bad in ("x" * 41, "a%00b", "a b", "%F0%9F%92%A5"):
         assert_4xx(c.get(f"/v1/jobs/{bad}", headers=h), 422)
         assert_4xx(c.get(f"/v1/comparisons/{bad}", headers=h), 422)
+        assert_4xx(c.delete(f"/v1/jobs/{bad}", headers=h), 422)
+        assert_4xx(c.delete(f"/v1/comparisons/{bad}", headers=h), 422)
+    assert_4xx(c.delete("/v1/jobs/0123456789abcdef", headers=h), 404)
+    assert_4xx(c.delete("/v1/comparisons/0123456789abcdef", headers=h), 404)
+    assert_4xx(c.delete("/v1/jobs/0123456789abcdef"), 401)
     point = {"points": [{"step": 1, "name": "x", "value": 1.0, "time": 1.0}]}
     r = c.post("/v1/jobs/nope/metrics", json=point, headers={"Authorization": "Bearer t"})
     assert_4xx(r, 404)

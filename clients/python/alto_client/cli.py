@@ -275,6 +275,26 @@ def cancel(
             console.print(f"job {job.id}: {job.status.value}")
 
 
+@app.command()
+def delete(
+    ctx: typer.Context,
+    ids: Annotated[list[str], typer.Argument(help="Job ids (comparison ids with --comparison).")],
+    comparison: Annotated[
+        bool,
+        typer.Option("--comparison", help="The ids are comparisons: delete them and their jobs."),
+    ] = False,
+) -> None:
+    """Delete ended jobs, or whole comparisons, with their metric histories."""
+    kind = "comparison" if comparison else "job"
+    with _errors(), ctx.obj.client() as client:
+        for object_id in ids:
+            if comparison:
+                client.delete_comparison(object_id)
+            else:
+                client.delete(object_id)
+            console.print(f"deleted {kind} {object_id}")
+
+
 # --------------------------------------------------------------------------- comparisons
 
 

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from alto_client.errors import (
     ConnectionFailed,
+    NotFound,
     WaitTimeout,
     describe_validation_error,
     error_from_response,
@@ -488,6 +489,16 @@ class Client(_Base):
         """Ask the service to stop a job; an ended job raises ``Conflict``."""
         return self._model(Job, self.request("POST", f"/v1/jobs/{job_id}/cancel"))
 
+    def delete(self, job_id: str, *, missing_ok: bool = False) -> None:
+        """Delete an ended job and its metric history (``Conflict`` while it runs or
+        when it belongs to a comparison). ``missing_ok``: a job already gone is fine,
+        e.g. when a retry follows a delete whose answer was lost."""
+        try:
+            self.request("DELETE", f"/v1/jobs/{job_id}")
+        except NotFound:
+            if not missing_ok:
+                raise
+
     def logs(self, job_id: str, *, tail_bytes: int | None = None) -> str:
         """The job's driver log (its last ``tail_bytes`` bytes); empty before launch."""
         params = {} if tail_bytes is None else {"tail_bytes": tail_bytes}
@@ -594,6 +605,14 @@ class Client(_Base):
             lambda cursor: self.comparisons_page(owner=owner, limit=page_size, cursor=cursor),
             limit,
         )
+
+    def delete_comparison(self, comparison_id: str, *, missing_ok: bool = False) -> None:
+        """Delete a comparison whose jobs have all ended, with those jobs and metrics."""
+        try:
+            self.request("DELETE", f"/v1/comparisons/{comparison_id}")
+        except NotFound:
+            if not missing_ok:
+                raise
 
     def comparison(self, comparison_id: str) -> Comparison:
         return self._model(Comparison, self.request("GET", f"/v1/comparisons/{comparison_id}"))
@@ -717,6 +736,13 @@ class AsyncClient(_Base):
     async def cancel(self, job_id: str) -> Job:
         return self._model(Job, await self.request("POST", f"/v1/jobs/{job_id}/cancel"))
 
+    async def delete(self, job_id: str, *, missing_ok: bool = False) -> None:
+        try:
+            await self.request("DELETE", f"/v1/jobs/{job_id}")
+        except NotFound:
+            if not missing_ok:
+                raise
+
     async def logs(self, job_id: str, *, tail_bytes: int | None = None) -> str:
         params = {} if tail_bytes is None else {"tail_bytes": tail_bytes}
         response = await self.request("GET", f"/v1/jobs/{job_id}/logs", params=params)
@@ -818,6 +844,13 @@ class AsyncClient(_Base):
             lambda cursor: self.comparisons_page(owner=owner, limit=page_size, cursor=cursor),
             limit,
         )
+
+    async def delete_comparison(self, comparison_id: str, *, missing_ok: bool = False) -> None:
+        try:
+            await self.request("DELETE", f"/v1/comparisons/{comparison_id}")
+        except NotFound:
+            if not missing_ok:
+                raise
 
     async def comparison(self, comparison_id: str) -> Comparison:
         response = await self.request("GET", f"/v1/comparisons/{comparison_id}")
