@@ -204,14 +204,20 @@ def _groups_for(wrapper: MegatronOptimizer, alto: ALTO, pg_collection: Any) -> t
     return dp, tp
 
 
-def install_alto(wrapper: MegatronOptimizer, config: Any, pg_collection: Any = None) -> ALTO:
-    """Replace ``wrapper``'s state-less inner AdamW by ALTO over the same param groups."""
+def _fresh_inner(wrapper: MegatronOptimizer, caller: str) -> torch.optim.Optimizer:
+    """``wrapper``'s inner optimizer, which must never have stepped (it gets replaced)."""
     inner = wrapper.optimizer
     if len(inner.state) != 0:
         raise RuntimeError(
-            "install_alto expects the freshly built, never-stepped inner optimizer "
+            f"{caller} expects the freshly built, never-stepped inner optimizer "
             f"({type(inner).__name__} already holds state for {len(inner.state)} tensors)"
         )
+    return inner
+
+
+def install_alto(wrapper: MegatronOptimizer, config: Any, pg_collection: Any = None) -> ALTO:
+    """Replace ``wrapper``'s state-less inner AdamW by ALTO over the same param groups."""
+    inner = _fresh_inner(wrapper, "install_alto")
     params = [p for g in inner.param_groups for p in g["params"]]
     device = params[0].device if params else torch.device("cpu")
     alto = _build_alto(inner.param_groups, config, device)
@@ -258,12 +264,7 @@ def _torch_adam_over(inner: torch.optim.Optimizer, config: Any) -> torch.optim.O
 
 def install_e(wrapper: MegatronOptimizer, config: Any, pg_collection: Any = None) -> E:
     """Wrap ``wrapper``'s state-less inner Adam/AdamW in E over the same param groups."""
-    inner = wrapper.optimizer
-    if len(inner.state) != 0:
-        raise RuntimeError(
-            "install_e expects the freshly built, never-stepped inner optimizer "
-            f"({type(inner).__name__} already holds state for {len(inner.state)} tensors)"
-        )
+    inner = _fresh_inner(wrapper, "install_e")
     e = E(
         _torch_adam_over(inner, config),
         alpha=config.e_alpha,

@@ -27,6 +27,17 @@ def _alto_factory():
     return alto.megatron
 
 
+def _require_alto_factory(what: str):
+    """The ALTO megatron integration, or an error saying that ``what`` needs it."""
+    factory = _alto_factory()
+    if factory is None:
+        raise RuntimeError(
+            f"{what} needs alto.megatron (the ALTO megatron integration), which is not "
+            "installed in this environment; use optimizer 'adamw'"
+        )
+    return factory
+
+
 def uses_distributed_optimizer(spec: JobSpec) -> bool:
     opt = spec.optimizer
     return not isinstance(opt, ESpec) or opt.sharded
@@ -57,12 +68,7 @@ def build_optimizer(spec: JobSpec, model: torch.nn.Module):
 
 
 def _build_alto(spec: JobSpec, opt: AltoSpec, model: torch.nn.Module):
-    factory = _alto_factory()
-    if factory is None:
-        raise RuntimeError(
-            "optimizer 'alto' needs alto.megatron.optimizer (the ALTO megatron integration), "
-            "which is not installed in this environment; use optimizer 'adamw' or 'e'"
-        )
+    factory = _require_alto_factory("optimizer 'alto'")
     config = factory.AltoOptimizerConfig(
         optimizer="alto",
         alto_alpha=opt.alpha,
@@ -113,12 +119,7 @@ def _build_e(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
 
 def _build_e_sharded(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
     """E around megatron's Adam/AdamW in the DistributedOptimizer (alto.megatron's "e")."""
-    factory = _alto_factory()
-    if factory is None:
-        raise RuntimeError(
-            "optimizer 'e' around adam/adamw needs alto.megatron (the ALTO megatron "
-            "integration), which is not installed in this environment"
-        )
+    factory = _require_alto_factory("optimizer 'e' around adam/adamw")
     hyper = opt.base_hyperparameters
     beta1, beta2 = hyper.get("betas", (0.9, 0.999))
     adamw = opt.base == "adamw"
