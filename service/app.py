@@ -64,7 +64,7 @@ def create_app(
         factory=factory,
         backend=backend,
         scheduler=scheduler,
-        metrics=ServiceMetrics(factory),
+        metrics=ServiceMetrics(factory, scheduler),
         tokens=TokenCache(factory),
         capacity=CapacityCache(backend),
         public_url=public_url,

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the service: jobs by status, queue length, request latencies.
+"""Prometheus metrics of the service: jobs by status, queue length, request latencies,
+and the scheduler's passes and lost compare-and-set writes.
 
 Each app gets its own registry, so several apps (tests, embedded use) never collide.
 Job counts are read from the database at scrape time, so they are right after restarts.
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 
 from alto_client.models import JobStatus
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -19,6 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.db.tables import JobRow
+from service.scheduler import Scheduler
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -44,10 +46,34 @@ class _JobsCollector(Collector):
         yield queue
 
 
+class _SchedulerCollector(Collector):
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = scheduler
+
+    def collect(self) -> Iterator[CounterMetricFamily | SummaryMetricFamily]:
+        stats = self._scheduler.stats
+        passes = SummaryMetricFamily(
+            "alto_scheduler_pass_seconds", "Scheduler passes (reconcile with Ray, then admit)"
+        )
+        passes.add_metric([], count_value=stats.passes, sum_value=stats.pass_seconds)
+        yield passes
+        yield CounterMetricFamily(
+            "alto_scheduler_failed_passes",
+            "Scheduler passes cut short because the Ray cluster did not answer",
+            value=stats.failed_passes,
+        )
+        yield CounterMetricFamily(
+            "alto_scheduler_stale_writes",
+            "Status writes that lost to a concurrent change (e.g. a cancel) and were "
+            "decided again on the next pass",
+            value=stats.stale_writes,
+        )
+
+
 class ServiceMetrics:
     """The registry and instruments of one app."""
 
-    def __init__(self, factory: sessionmaker[Session]) -> None:
+    def __init__(self, factory: sessionmaker[Session], scheduler: Scheduler | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Histogram(
             "alto_http_request_duration_seconds",
@@ -60,6 +86,8 @@ class ServiceMetrics:
             "alto_metric_points_ingested", "Metric points stored", registry=self.registry
         )
         self.registry.register(_JobsCollector(factory))
+        if scheduler is not None:
+            self.registry.register(_SchedulerCollector(scheduler))
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE)

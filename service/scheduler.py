@@ -19,7 +19,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from alto_client.models import JobStatus
 from alto_client.spec import JobSpec
@@ -44,6 +47,16 @@ def submission_id(job_id: str) -> str:
     return f"alto-{job_id}"
 
 
+@dataclass
+class SchedulerStats:
+    """Counters of the scheduler since start (exported at /metrics)."""
+
+    passes: int = 0
+    failed_passes: int = 0  # the cluster did not answer
+    pass_seconds: float = 0.0
+    stale_writes: int = 0  # compare-and-set writes that lost to a concurrent change
+
+
 class Scheduler:
     """Launches queued jobs on Ray and mirrors Ray's job states into the database."""
 
@@ -65,6 +78,7 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.last_error: str | None = None
+        self.stats = SchedulerStats()
 
     # ---- thread control
 
@@ -103,13 +117,26 @@ class Scheduler:
     def run_once(self) -> None:
         """Reconcile with Ray, then admit what fits. Safe to call from tests directly."""
         with self._lock:
+            start = time.perf_counter()
             try:
                 self._reconcile()
                 self._admit()
                 self.last_error = None
             except ClusterError as exc:
                 self.last_error = str(exc)
+                self.stats.failed_passes += 1
                 log.warning("cluster unavailable: %s", exc)
+            finally:
+                self.stats.passes += 1
+                self.stats.pass_seconds += time.perf_counter() - start
+
+    def _transition(self, s: Session, seq: int, **change: Any) -> bool:
+        """`service.repo.transition`, counting the writes that missed (a concurrent change
+        won; the next pass decides again on fresh data)."""
+        applied = transition(s, seq, **change)
+        if not applied:
+            self.stats.stale_writes += 1
+        return applied
 
     def _reconcile(self) -> None:
         """Follow every launched, unfinished job's Ray state. Reads six columns per job,
@@ -148,7 +175,7 @@ class Scheduler:
         if decision.action is Action.STOP:
             self._backend.stop(view.ray_job_id)
         assert decision.status is not None
-        transition(
+        self._transition(
             s,
             view.seq,
             expect_status=view.status,
@@ -186,7 +213,7 @@ class Scheduler:
                 spec = s.scalar(select(JobRow.spec).where(JobRow.seq == seq))
                 never = never_fits_reason(JobSpec.model_validate(spec), capacity)
                 if never is not None:
-                    transition(
+                    self._transition(
                         s,
                         seq,
                         expect_status=status,
@@ -199,7 +226,7 @@ class Scheduler:
                 if not fits(need, free):
                     waiting_reason = _waiting_reason(need, free)
                     if (status, reason) != (JobStatus.QUEUED.value, waiting_reason):
-                        transition(
+                        self._transition(
                             s,
                             seq,
                             expect_status=status,
@@ -221,6 +248,7 @@ class Scheduler:
         ray_id = submission_id(job_id)
         if not claim_launch(s, seq, ray_id, hash_token(token), resubmit=resubmit):
             s.rollback()
+            self.stats.stale_writes += 1
             return False
         s.commit()  # the submission id is on record before Ray hears of it
         spec_json = with_report(spec, self._public_url(), job_id, token)
@@ -233,7 +261,7 @@ class Scheduler:
             reason = f"submission to Ray failed, will retry: {exc}"
         # a cancel may have come in since the claim: then this misses, and the next pass
         # stops the Ray job
-        transition(
+        self._transition(
             s,
             seq,
             expect_status=status,

@@ -442,7 +442,13 @@ def test_health_ready_and_prometheus(svc):
         'alto_http_request_duration_seconds_count{method="GET",route="/v1/jobs",status="200"} 1.0'
         in text
     )
+    svc.tick(2)
+    text = svc.client.get("/metrics").text
+    assert "alto_scheduler_pass_seconds_count 2.0" in text
+    assert "alto_scheduler_stale_writes_total 0.0" in text
     svc.cluster.reachable = False
+    svc.tick()
+    assert "alto_scheduler_failed_passes_total 1.0" in svc.client.get("/metrics").text
     r = svc.client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["ray"] == "unreachable"
 

@@ -45,6 +45,7 @@ def test_cancel_after_the_pass_read_the_job_ends_cancelled_not_failed(svc):
     reasons.append(final["status_reason"])
     assert final["status"] == "CANCELLED", final
     assert not any("outside" in (r or "") for r in reasons), reasons
+    assert svc.app.state.svc.scheduler.stats.stale_writes == 1  # the write that lost
 
 
 def test_cancel_while_admission_decides_keeps_the_job_off_ray(svc):
@@ -54,6 +55,7 @@ def test_cancel_while_admission_decides_keeps_the_job_off_ray(svc):
     svc.cluster.before["capacity"] = lambda _: _cancel(svc, job["id"])
     svc.tick()
     assert svc.cluster.jobs == {}, "a cancelled job was submitted to Ray"
+    assert svc.app.state.svc.scheduler.stats.stale_writes == 1  # the claim that lost
     final = _job(svc, job["id"])
     assert final["status"] == "CANCELLED" and final["ray_job_id"] is None
     svc.tick()
