@@ -46,7 +46,12 @@ class ClusterError(RuntimeError):
 
 
 class ClusterBackend(Protocol):
-    """What the scheduler and the API need from a cluster."""
+    """What the scheduler and the API need from a cluster.
+
+    A backend may set ``state_concurrency`` (default 1): how many ``state()`` calls the
+    scheduler may make at once. Remote backends set it above 1, so a pass over many
+    running jobs costs about one round trip per batch, not one per job.
+    """
 
     def capacity(self) -> ClusterCapacity:
         """Resources of the cluster's alive nodes."""
@@ -93,6 +98,9 @@ class RayJobsBackend:
     Talks plain HTTP with httpx rather than through `JobSubmissionClient` so every call
     has a timeout and no Ray import happens inside the API process.
     """
+
+    #: job-state GETs the scheduler may have in flight at once (httpx's pool is shared)
+    state_concurrency = 8
 
     def __init__(
         self,

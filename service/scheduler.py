@@ -20,7 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.auth import hash_token, new_token
-from service.cluster import ClusterBackend, ClusterError
+from service.cluster import ClusterBackend, ClusterError, RayJobState
 from service.db.session import session_scope
 from service.db.tables import JobRow
 from service.reconcile import WAITING_FOR_RAY, Action, Decision, JobView, decide
@@ -79,6 +80,7 @@ class Scheduler:
         self._lock = threading.Lock()
         self.last_error: str | None = None
         self.stats = SchedulerStats()
+        self._state_pool: ThreadPoolExecutor | None = None
 
     # ---- thread control
 
@@ -97,6 +99,9 @@ class Scheduler:
         if self._thread is not None:
             self._thread.join(timeout_s)
             self._thread = None
+        if self._state_pool is not None:
+            self._state_pool.shutdown(wait=False, cancel_futures=True)
+            self._state_pool = None
 
     def wake(self) -> None:
         """Run the next pass now (after a submission or a cancel)."""
@@ -159,11 +164,21 @@ class Scheduler:
                 )
             ]
             s.commit()  # end the read: nothing is held while Ray answers
-            for view in views:
-                decision = decide(view, self._backend.state(view.ray_job_id))
+            states = self._ray_states([view.ray_job_id for view in views])
+            for view, state in zip(views, states):
+                decision = decide(view, state)
                 if decision.action is not Action.KEEP:
                     self._apply(s, view, decision)
                     s.commit()  # one job at a time: a slow Ray call holds no write lock
+
+    def _ray_states(self, ray_job_ids: Sequence[str]) -> list[RayJobState | None]:
+        """Ray's view of each job, up to the backend's `state_concurrency` calls at once."""
+        workers = int(getattr(self._backend, "state_concurrency", 1))
+        if workers <= 1 or len(ray_job_ids) <= 1:
+            return [self._backend.state(i) for i in ray_job_ids]
+        if self._state_pool is None:
+            self._state_pool = ThreadPoolExecutor(workers, thread_name_prefix="alto-ray-state")
+        return list(self._state_pool.map(self._backend.state, ray_job_ids))
 
     def _apply(self, s: Session, view: JobView, decision: Decision) -> None:
         if decision.action is Action.LAUNCH:

@@ -484,3 +484,30 @@ def test_cluster_without_nodes_fails_nothing(svc):
     j = svc.client.get(f"/v1/jobs/{job['id']}", headers=svc.alice).json()
     assert j["status"] == "PENDING" and j["ray_job_id"] is None
     assert "no alive nodes" in svc.app.state.svc.scheduler.last_error
+
+
+def test_remote_backends_get_their_job_states_asked_concurrently(svc, monkeypatch):
+    """A backend with state_concurrency = 4 must see 4 state() calls in flight at once:
+    each call waits at a 4-party barrier, which sequential calls would never pass."""
+    import threading
+
+    svc.cluster.nodes = [{"CPU": 8.0}]
+    jobs = [submit(svc) for _ in range(4)]
+    svc.tick()  # launched (Ray knows them as PENDING)
+    barrier = threading.Barrier(4, timeout=10)
+    state = svc.cluster.state
+
+    def waiting_state(submission_id):
+        barrier.wait()
+        return state(submission_id)
+
+    monkeypatch.setattr(svc.cluster, "state", waiting_state)
+    svc.cluster.state_concurrency = 4
+    for job in jobs:
+        svc.cluster.set(f"alto-{job['id']}", "RUNNING")
+    svc.tick()
+    assert svc.app.state.svc.scheduler.last_error is None
+    statuses = [
+        svc.client.get(f"/v1/jobs/{j['id']}", headers=svc.alice).json()["status"] for j in jobs
+    ]
+    assert statuses == ["RUNNING"] * 4
