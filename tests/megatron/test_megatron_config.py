@@ -61,3 +61,33 @@ def test_factory_needs_alto_config_for_alto() -> None:
     config.optimizer = "alto"
     with pytest.raises(TypeError, match="AltoOptimizerConfig"):
         get_megatron_optimizer(config, [object()])
+
+
+def test_e_replaces_a_non_torch_adam_with_torch_adamw_over_the_same_groups() -> None:
+    """Where megatron built TE/apex FusedAdam, E gets a torch AdamW instead, with
+    megatron's hyperparameters and each group's own keys (lr, wd_mult, flags) kept."""
+    import torch
+
+    from alto.megatron.factory import _torch_adam_over
+
+    w, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2))
+    fused_stand_in = torch.optim.SGD(
+        [
+            {"params": [w], "wd_mult": 1.0, "lr_mult": 1.0, "is_expert_parallel": False},
+            {"params": [b], "wd_mult": 0.0, "lr_mult": 1.0, "is_expert_parallel": False},
+        ],
+        lr=3e-4,
+    )
+    config = AltoOptimizerConfig(
+        optimizer="e", lr=3e-4, weight_decay=0.1, adam_beta1=0.8, adam_beta2=0.95, adam_eps=1e-6
+    )
+    adam = _torch_adam_over(fused_stand_in, config)
+    assert type(adam) is torch.optim.AdamW and len(adam.state) == 0
+    assert [g["params"] for g in adam.param_groups] == [[w], [b]]
+    assert [g["weight_decay"] for g in adam.param_groups] == [0.1, 0.0]
+    for group in adam.param_groups:
+        assert group["betas"] == (0.8, 0.95) and group["eps"] == 1e-6 and group["lr"] == 3e-4
+        assert group["wd_mult"] in (0.0, 1.0) and group["is_expert_parallel"] is False
+    # torch's own Adam/AdamW (megatron's fallback without TE/apex) is kept as it is
+    torch_adamw = torch.optim.AdamW([w], lr=1e-3)
+    assert _torch_adam_over(torch_adamw, config) is torch_adamw
