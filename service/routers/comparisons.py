@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import sys
 import uuid
 from typing import Annotated, Any
 
+from alto_client.metrics import (
+    MEM_PEAK_ALLOCATED_BYTES,
+    MEM_PEAK_RSS_BYTES,
+    OPTIM_STATE_BYTES,
+    TRAIN_LOSS,
+    TRAIN_TOKENS_PER_S,
+    VAL_LOSS,
+)
 from alto_client.models import (
     Comparison,
     ComparisonInfo,
@@ -17,7 +26,7 @@ from alto_client.models import (
 from alto_client.spec import JobSpec
 from fastapi import APIRouter, Header, Path, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -145,32 +154,86 @@ def create_comparison(
     return _summary(s, row)
 
 
-def _runs(s: Session, row: ComparisonRow) -> dict[str, list[RunData]]:
-    """Every job's compared metrics, grouped by arm in the comparison's arm order."""
+def _runs(s: Session, row: ComparisonRow, *, curves: bool) -> dict[str, list[RunData]]:
+    """Every job's compared metrics, grouped by arm in the comparison's arm order.
+
+    `curves=True` loads every point (the plot draws them). Otherwise only what
+    `service.compare.summarize` reads: validation loss in full, the first training-loss
+    point (the run's time origin), the middle throughput values (their median is the
+    run's), the largest memory values and the last optimizer-state size. A 100k-step
+    run has about half a million points, and the dashboard asks for the summary every
+    few seconds.
+    """
     arms: dict[str, list[RunData]] = {name: [] for name in row.arms}
     by_seq: dict[int, RunData] = {}
     for job in row.jobs:
         run = RunData(job_id=job.id, seed=int(job.seed or 0), status=JobStatus(job.status))
         arms.setdefault(job.arm or "?", []).append(run)
         by_seq[job.seq] = run
-    if by_seq:
-        q = (
-            select(
-                MetricRow.job_seq, MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time
-            )
-            .where(MetricRow.job_seq.in_(list(by_seq)), MetricRow.name.in_(COMPARED_METRICS))
+    if not by_seq:
+        return arms
+    seqs = list(by_seq)
+    names = COMPARED_METRICS if curves else (VAL_LOSS,)
+    points: list[Any] = list(
+        s.execute(
+            select(*_POINT)
+            .where(MetricRow.job_seq.in_(seqs), MetricRow.name.in_(names))
             .order_by(MetricRow.job_seq, MetricRow.name, MetricRow.step)
         )
-        for job_seq, name, step, value, t in s.execute(q):
-            series = by_seq[job_seq].series.setdefault(name, Series())
-            series.steps.append(step)
-            series.values.append(float("nan") if value is None else value)
-            series.times.append(t)
+    )
+    if not curves:
+        points += s.execute(_peak_points(seqs, (MEM_PEAK_ALLOCATED_BYTES, MEM_PEAK_RSS_BYTES)))
+        for seq in seqs:
+            points += _edge_point(s, seq, TRAIN_LOSS, first=True)
+            points += _edge_point(s, seq, OPTIM_STATE_BYTES, first=False)
+            points += _middle_points(s, seq, TRAIN_TOKENS_PER_S)
+    for job_seq, name, step, value, t in points:
+        series = by_seq[job_seq].series.setdefault(name, Series())
+        series.steps.append(step)
+        series.values.append(float("nan") if value is None else value)
+        series.times.append(t)
     return arms
 
 
+_POINT = (MetricRow.job_seq, MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time)
+_FINITE = MetricRow.value.between(-sys.float_info.max, sys.float_info.max)
+
+
+def _edge_point(s: Session, seq: int, name: str, *, first: bool) -> list[Any]:
+    """The job's first (or last) point of `name`: one index seek."""
+    order = MetricRow.step.asc() if first else MetricRow.step.desc()
+    q = select(*_POINT).where(MetricRow.job_seq == seq, MetricRow.name == name)
+    return list(s.execute(q.order_by(order).limit(1)))
+
+
+def _middle_points(s: Session, seq: int, name: str) -> list[Any]:
+    """The one or two middle finite values of the job's `name` in value order, whose
+    median is the median of all of them (the sort runs in the database)."""
+    where = (MetricRow.job_seq == seq, MetricRow.name == name, _FINITE)
+    n = s.scalar(select(func.count()).where(*where)) or 0
+    if n == 0:
+        return []
+    q = select(*_POINT).where(*where).order_by(MetricRow.value, MetricRow.step)
+    return list(s.execute(q.offset((n - 1) // 2).limit(2 - n % 2)))
+
+
+def _peak_points(seqs: list[int], names: tuple[str, ...]) -> Select[Any]:
+    """Each job's largest finite value of each of `names`, as one point (at its last step)."""
+    return (
+        select(
+            MetricRow.job_seq,
+            MetricRow.name,
+            func.max(MetricRow.step),
+            func.max(MetricRow.value),
+            func.max(MetricRow.time),
+        )
+        .where(MetricRow.job_seq.in_(seqs), MetricRow.name.in_(names), _FINITE)
+        .group_by(MetricRow.job_seq, MetricRow.name)
+    )
+
+
 def _summary(s: Session, row: ComparisonRow) -> Comparison:
-    arms = _runs(s, row)
+    arms = _runs(s, row, curves=False)
     summaries = summarize(arms, row.baseline)
     return Comparison(
         id=row.id,
@@ -276,7 +339,7 @@ async def comparison_plot(
     def draw() -> bytes:
         with state.factory() as s:
             row = _load(s, principal, comparison_id)
-            arms = _runs(s, row)
+            arms = _runs(s, row, curves=True)
             summaries = summarize(arms, row.baseline)
             return render_comparison(row.name, arms, summaries, row.baseline)
 

@@ -511,3 +511,69 @@ def test_remote_backends_get_their_job_states_asked_concurrently(svc, monkeypatc
         svc.client.get(f"/v1/jobs/{j['id']}", headers=svc.alice).json()["status"] for j in jobs
     ]
     assert statuses == ["RUNNING"] * 4
+
+
+def test_summary_reads_only_what_it_needs_and_agrees_with_all_points(svc):
+    """The summary loads validation loss and throughput in full, plus one point each for
+    the time origin, peak memory and optimizer state; its numbers must be the ones
+    computed from every point (the plot's load)."""
+    import json
+    import math
+    import random
+
+    from service.compare import summarize
+    from service.db.tables import ComparisonRow
+    from service.routers.comparisons import _runs
+
+    svc.cluster.nodes = [{"CPU": 8.0}]
+    comp = svc.client.post("/v1/comparisons", json=_comparison_body(), headers=svc.alice).json()
+    svc.tick()
+    rng = random.Random(3)
+    for arm in comp["arms"]:
+        for job_id in arm["job_ids"]:
+            points = []
+            for step in range(1, 41):
+                t = 1000.0 + 2 * step + rng.random()
+                points += [
+                    {"step": step, "name": "train/loss", "value": 5 - step / 20, "time": t},
+                    {
+                        "step": step,
+                        "name": "train/tokens_per_s",
+                        "value": rng.uniform(900, 1100),
+                        "time": t,
+                    },
+                    {
+                        "step": step,
+                        "name": "mem/peak_rss_bytes",
+                        "value": rng.uniform(1e9, 2e9),
+                        "time": t,
+                    },
+                ]
+                if step % 4 == 0:
+                    ahead = 0.5 if arm["name"] == "alto" else 0.0  # alto reaches the target
+                    loss = 4.5 - step / 15 + rng.random() / 10 - ahead
+                    value = math.nan if step == 8 else loss
+                    points.append({"step": step, "name": "val/loss", "value": value, "time": t})
+                if step in (1, 20, 40):
+                    points.append(
+                        {"step": step, "name": "optim/state_bytes", "value": 1e6 * step, "time": t}
+                    )
+            r = svc.client.post(  # json.dumps writes NaN, which the engine may send
+                f"/v1/jobs/{job_id}/metrics",
+                content=json.dumps({"points": points}),
+                headers={
+                    "Authorization": f"Bearer {svc.ingest_token(job_id)}",
+                    "Content-Type": "application/json",
+                },
+            )
+            assert r.status_code == 200, r.text
+    served = svc.client.get(f"/v1/comparisons/{comp['id']}", headers=svc.alice).json()["arms"]
+    with svc.app.state.svc.factory() as s:
+        row = s.query(ComparisonRow).filter_by(id=comp["id"]).one()
+        lean = summarize(_runs(s, row, curves=False), row.baseline)
+        full = summarize(_runs(s, row, curves=True), row.baseline)
+    assert [a.model_dump() for a in lean] == [a.model_dump() for a in full]
+    assert served == [a.model_dump(mode="json") for a in full]
+    assert all(a["peak_memory_bytes_mean"] and a["optimizer_state_bytes"] == 4e7 for a in served)
+    alto = next(a for a in served if a["name"] == "alto")
+    assert alto["reached_baseline"] and alto["wall_time_to_baseline_s"] > 0  # from the origin
