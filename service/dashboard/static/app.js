@@ -239,14 +239,21 @@ function pointsOf(history, name, scale = 1) {
 
 // ------------------------------------------------------------------ live refresh
 
+// The next refresh waits POLL_MS, or five times as long as the last one took when that
+// is longer: a long run's history costs the server about a second to read, and an open
+// page must not keep a core busy (at most a sixth of the server's time per page).
+const LOAD_FACTOR = 5;
 let timer = null;
+let refreshStarted = performance.now();
 function schedule(fn, live) {
   clearTimeout(timer);
   document.getElementById("live").textContent = live ? "● live" : "";
-  if (live) timer = setTimeout(fn, POLL_MS);
+  const took = performance.now() - refreshStarted;
+  if (live) timer = setTimeout(fn, Math.max(POLL_MS, LOAD_FACTOR * took));
 }
 
 async function guarded(fn) {
+  refreshStarted = performance.now();
   try {
     await fn();
     showError(null);
