@@ -157,12 +157,12 @@ def create_comparison(
 def _runs(s: Session, row: ComparisonRow, *, curves: bool) -> dict[str, list[RunData]]:
     """Every job's compared metrics, grouped by arm in the comparison's arm order.
 
-    `curves=True` loads every point (the plot draws them). Otherwise only what
-    `service.compare.summarize` reads: validation loss in full, the first training-loss
-    point (the run's time origin), the middle throughput values (their median is the
-    run's), the largest memory values and the last optimizer-state size. A 100k-step
-    run has about half a million points, and the dashboard asks for the summary every
-    few seconds.
+    Only what `service.compare.summarize` reads: validation loss in full, the first
+    training-loss point (the run's time origin), the middle throughput values (their
+    median is the run's), the largest memory values and the last optimizer-state size;
+    `curves=True` adds the whole training-loss curve (the plot draws both losses). A
+    100k-step run has about half a million points, and the dashboard asks for the
+    summary every few seconds.
     """
     arms: dict[str, list[RunData]] = {name: [] for name in row.arms}
     by_seq: dict[int, RunData] = {}
@@ -173,7 +173,7 @@ def _runs(s: Session, row: ComparisonRow, *, curves: bool) -> dict[str, list[Run
     if not by_seq:
         return arms
     seqs = list(by_seq)
-    names = COMPARED_METRICS if curves else (VAL_LOSS,)
+    names = (VAL_LOSS, TRAIN_LOSS) if curves else (VAL_LOSS,)
     points: list[Any] = list(
         s.execute(
             select(*_POINT)
@@ -181,12 +181,12 @@ def _runs(s: Session, row: ComparisonRow, *, curves: bool) -> dict[str, list[Run
             .order_by(MetricRow.job_seq, MetricRow.name, MetricRow.step)
         )
     )
-    if not curves:
-        points += s.execute(_peak_points(seqs, (MEM_PEAK_ALLOCATED_BYTES, MEM_PEAK_RSS_BYTES)))
-        for seq in seqs:
+    points += s.execute(_peak_points(seqs, (MEM_PEAK_ALLOCATED_BYTES, MEM_PEAK_RSS_BYTES)))
+    for seq in seqs:
+        if not curves:  # else the whole training-loss curve is there
             points += _edge_point(s, seq, TRAIN_LOSS, first=True)
-            points += _edge_point(s, seq, OPTIM_STATE_BYTES, first=False)
-            points += _middle_points(s, seq, TRAIN_TOKENS_PER_S)
+        points += _edge_point(s, seq, OPTIM_STATE_BYTES, first=False)
+        points += _middle_points(s, seq, TRAIN_TOKENS_PER_S)
     for job_seq, name, step, value, t in points:
         series = by_seq[job_seq].series.setdefault(name, Series())
         series.steps.append(step)

@@ -571,9 +571,43 @@ def test_summary_reads_only_what_it_needs_and_agrees_with_all_points(svc):
     with svc.app.state.svc.factory() as s:
         row = s.query(ComparisonRow).filter_by(id=comp["id"]).one()
         lean = summarize(_runs(s, row, curves=False), row.baseline)
-        full = summarize(_runs(s, row, curves=True), row.baseline)
+        plotted = _runs(s, row, curves=True)
+        full = summarize(_all_points(s, row), row.baseline)
     assert [a.model_dump() for a in lean] == [a.model_dump() for a in full]
+    assert [a.model_dump() for a in summarize(plotted, row.baseline)] == [
+        a.model_dump() for a in full
+    ]
+    for runs in plotted.values():  # the plot gets both loss curves whole
+        for run in runs:
+            assert run.get("train/loss").steps == list(range(1, 41))
+            assert run.get("val/loss").steps == list(range(4, 41, 4))
     assert served == [a.model_dump(mode="json") for a in full]
     assert all(a["peak_memory_bytes_mean"] and a["optimizer_state_bytes"] == 4e7 for a in served)
     alto = next(a for a in served if a["name"] == "alto")
     assert alto["reached_baseline"] and alto["wall_time_to_baseline_s"] > 0  # from the origin
+
+
+def _all_points(s, row):
+    """Every point of every metric of a comparison's jobs, as RunData (the reference)."""
+    from alto_client.models import JobStatus
+    from sqlalchemy import select
+
+    from service.compare import RunData, Series
+    from service.db.tables import MetricRow
+
+    arms, by_seq = {name: [] for name in row.arms}, {}
+    for job in row.jobs:
+        run = RunData(job_id=job.id, seed=int(job.seed or 0), status=JobStatus(job.status))
+        arms[job.arm].append(run)
+        by_seq[job.seq] = run
+    q = (
+        select(MetricRow.job_seq, MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time)
+        .where(MetricRow.job_seq.in_(list(by_seq)))
+        .order_by(MetricRow.job_seq, MetricRow.name, MetricRow.step)
+    )
+    for seq, name, step, value, t in s.execute(q):
+        series = by_seq[seq].series.setdefault(name, Series())
+        series.steps.append(step)
+        series.values.append(float("nan") if value is None else value)
+        series.times.append(t)
+    return arms
