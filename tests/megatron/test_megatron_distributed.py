@@ -9,6 +9,7 @@ compared after 6 steps on the same global batches with its single-process refere
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,27 @@ FP32_TOL = 2e-6
 
 
 def _launch(phase: str, nproc: int, out: Path, ckpt: Path) -> None:
+    """One torchrun launch of the worker. A launch in which a rank dies by a signal
+    (seen once in many runs: a SIGSEGV inside gloo/torch, not reproducible) is retried
+    once, with the crash printed; any other failure, or a second crash, fails."""
+    for attempt in (1, 2):
+        rc, log = _run_worker(phase, nproc, out, ckpt)
+        if rc == 0:
+            return
+        crashed = re.search(r"exitcode: -\d+", log) is not None
+        if crashed and attempt == 1:
+            print(f"{phase} launch: a rank died by a signal; retrying once\n{_fatal(log)}")
+            continue
+        pytest.fail(f"{phase} launch failed (rc={rc}):\n{_fatal(log)}\n...\n{log[-6000:]}")
+
+
+def _fatal(log: str) -> str:
+    """The faulthandler dump of a crashed rank (the innermost frames come first)."""
+    start = log.find("Fatal Python error")
+    return log[start : start + 4000] if start >= 0 else ""
+
+
+def _run_worker(phase: str, nproc: int, out: Path, ckpt: Path) -> tuple[int, str]:
     cmd = [
         sys.executable,
         "-m",
@@ -60,8 +82,7 @@ def _launch(phase: str, nproc: int, out: Path, ckpt: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
         log, _ = proc.communicate()
         pytest.fail(f"{phase} launch timed out after {LAUNCH_TIMEOUT_S}s:\n{log[-6000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"{phase} launch failed (rc={proc.returncode}):\n{log[-6000:]}")
+    return proc.returncode, log
 
 
 @pytest.fixture(scope="module")
