@@ -489,15 +489,18 @@ class Client(_Base):
         """Ask the service to stop a job; an ended job raises ``Conflict``."""
         return self._model(Job, self.request("POST", f"/v1/jobs/{job_id}/cancel"))
 
+    def _delete(self, path: str, missing_ok: bool) -> None:
+        try:
+            self.request("DELETE", path)
+        except NotFound:
+            if not missing_ok:
+                raise
+
     def delete(self, job_id: str, *, missing_ok: bool = False) -> None:
         """Delete an ended job and its metric history (``Conflict`` while it runs or
         when it belongs to a comparison). ``missing_ok``: a job already gone is fine,
         e.g. when a retry follows a delete whose answer was lost."""
-        try:
-            self.request("DELETE", f"/v1/jobs/{job_id}")
-        except NotFound:
-            if not missing_ok:
-                raise
+        self._delete(f"/v1/jobs/{job_id}", missing_ok)
 
     def logs(self, job_id: str, *, tail_bytes: int | None = None) -> str:
         """The job's driver log (its last ``tail_bytes`` bytes); empty before launch."""
@@ -608,11 +611,7 @@ class Client(_Base):
 
     def delete_comparison(self, comparison_id: str, *, missing_ok: bool = False) -> None:
         """Delete a comparison whose jobs have all ended, with those jobs and metrics."""
-        try:
-            self.request("DELETE", f"/v1/comparisons/{comparison_id}")
-        except NotFound:
-            if not missing_ok:
-                raise
+        self._delete(f"/v1/comparisons/{comparison_id}", missing_ok)
 
     def comparison(self, comparison_id: str) -> Comparison:
         return self._model(Comparison, self.request("GET", f"/v1/comparisons/{comparison_id}"))
@@ -736,12 +735,15 @@ class AsyncClient(_Base):
     async def cancel(self, job_id: str) -> Job:
         return self._model(Job, await self.request("POST", f"/v1/jobs/{job_id}/cancel"))
 
-    async def delete(self, job_id: str, *, missing_ok: bool = False) -> None:
+    async def _delete(self, path: str, missing_ok: bool) -> None:
         try:
-            await self.request("DELETE", f"/v1/jobs/{job_id}")
+            await self.request("DELETE", path)
         except NotFound:
             if not missing_ok:
                 raise
+
+    async def delete(self, job_id: str, *, missing_ok: bool = False) -> None:
+        await self._delete(f"/v1/jobs/{job_id}", missing_ok)
 
     async def logs(self, job_id: str, *, tail_bytes: int | None = None) -> str:
         params = {} if tail_bytes is None else {"tail_bytes": tail_bytes}
@@ -846,11 +848,7 @@ class AsyncClient(_Base):
         )
 
     async def delete_comparison(self, comparison_id: str, *, missing_ok: bool = False) -> None:
-        try:
-            await self.request("DELETE", f"/v1/comparisons/{comparison_id}")
-        except NotFound:
-            if not missing_ok:
-                raise
+        await self._delete(f"/v1/comparisons/{comparison_id}", missing_ok)
 
     async def comparison(self, comparison_id: str) -> Comparison:
         response = await self.request("GET", f"/v1/comparisons/{comparison_id}")
