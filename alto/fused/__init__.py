@@ -22,9 +22,11 @@ _LAZY = {
     "apply_update": "alto.fused._ops",
     "e_transform_": "alto.fused._ops",
     "STEP_ON_PARAM_DEVICE": "alto.fused._ops",
+    "FUSED": "alto.fused._ops",
 }
 
 __all__ = [
+    "FUSED",
     "STEP_ON_PARAM_DEVICE",
     "apply_update",
     "e_transform_",

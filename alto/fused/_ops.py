@@ -1,6 +1,6 @@
 """The fused (Triton) implementation of the two ALTO phases and of E's transform.
 
-Same interface and semantics as ``alto.optim._impl_foreach`` (read its module
+Same interface and semantics as ``alto.optim._protocol`` (read its module
 docstring for the contract); differences, all by design:
 
 * ``state["step"]`` lives on the parameters' device (``STEP_ON_PARAM_DEVICE``)
@@ -51,7 +51,7 @@ from alto.fused._layout import (
     num_warps,
     remember,
 )
-from alto.optim import _impl_foreach
+from alto.optim._impl_foreach import FOREACH, explore_
 
 STEP_ON_PARAM_DEVICE = True
 
@@ -198,17 +198,17 @@ def moments_and_sq_norms(
     with_norms: bool,
     grad_scale: Tensor | None = None,
 ) -> Tensor | None:
-    """Phase 1, fused: see ``alto.optim._impl_foreach`` for the contract."""
+    """Phase 1, fused: see ``alto.optim._protocol`` for the contract."""
     has_carry = diff_carries is not None
     # Lamb has no carry: its row then points at m and the kernel never touches it.
     carries = diff_carries if diff_carries is not None else exp_avgs
     plan = _plan("alto1", [params, grads, exp_avgs, exp_avg_sqs, carries], (0, 1, 2), steps)
     if plan.fallback is not None:
         _warn_fallback(plan.fallback)
-        return _impl_foreach.moments_and_sq_norms(
+        return FOREACH.moments_and_sq_norms(
             params, grads, exp_avgs, exp_avg_sqs, diff_carries, steps, b1=b1, b2=b2, b3=b3,
             alpha=alpha, eps=eps, weight_decay=weight_decay, with_norms=with_norms,
-            grad_scale=grad_scale,
+            grad_scale=grad_scale, workspace={},
         )  # fmt: skip
     layout = plan.layout
     assert layout is not None and plan.pointers is not None
@@ -268,7 +268,7 @@ def apply_update(
     weight_decay: float,
     ratios: Tensor | None,
 ) -> None:
-    """Phase 2, fused: see ``alto.optim._impl_foreach`` for the contract.
+    """Phase 2, fused: see ``alto.optim._protocol`` for the contract.
 
     ``lr`` may be a 0-d tensor on the parameters' device (read by the kernel, so
     a captured CUDA graph follows a learning-rate schedule).
@@ -276,9 +276,9 @@ def apply_update(
     plan = _plan("alto2", [params, exp_avgs, exp_avg_sqs], (0, 0, 1), steps)
     if plan.fallback is not None:
         _warn_fallback(plan.fallback)
-        _impl_foreach.apply_update(
+        FOREACH.apply_update(
             params, exp_avgs, exp_avg_sqs, steps, lr=float(lr), b2=b2, b3=b3, eps=eps,
-            weight_decay=weight_decay, ratios=ratios,
+            weight_decay=weight_decay, ratios=ratios, workspace={},
         )  # fmt: skip
         return
     layout = plan.layout
@@ -366,10 +366,68 @@ def _e_transform_foreach(
     grads: list[Tensor], diff_carries: list[Tensor], out: list[Tensor], *, b1: float, alpha: float
 ) -> list[Tensor]:
     g = [x.to(c.dtype) for x, c in zip(grads, diff_carries)]
-    g_tilde = torch._foreach_mul(g, 1.0 + alpha * (1.0 - b1))
-    torch._foreach_add_(g_tilde, diff_carries, alpha=alpha)
-    torch._foreach_mul_(diff_carries, b1)
-    torch._foreach_add_(diff_carries, g, alpha=-((1.0 - b1) ** 2))
-    for o, t in zip(out, g_tilde):
+    for o, t in zip(out, explore_(g, diff_carries, b1=b1, alpha=alpha)):
         o.copy_(t)
     return out
+
+
+class Fused:
+    """The Triton implementation of ``alto.optim._protocol.Implementation``."""
+
+    name = "fused"
+    step_on_param_device = STEP_ON_PARAM_DEVICE
+    tensor_lr = True
+
+    def moments_and_sq_norms(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        diff_carries: list[Tensor] | None,
+        steps: list[Tensor],
+        *,
+        b1: float,
+        b2: float,
+        b3: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        with_norms: bool,
+        grad_scale: Tensor | None,
+        workspace: dict,
+    ) -> Tensor | None:
+        return moments_and_sq_norms(
+            params, grads, exp_avgs, exp_avg_sqs, diff_carries, steps, b1=b1, b2=b2, b3=b3,
+            alpha=alpha, eps=eps, weight_decay=weight_decay, with_norms=with_norms,
+            grad_scale=grad_scale,
+        )  # fmt: skip
+
+    def apply_update(
+        self,
+        params: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        steps: list[Tensor],
+        *,
+        lr: float | Tensor,
+        b2: float,
+        b3: float,
+        eps: float,
+        weight_decay: float,
+        ratios: Tensor | None,
+        workspace: dict,
+    ) -> None:
+        apply_update(
+            params, exp_avgs, exp_avg_sqs, steps, lr=lr, b2=b2, b3=b3, eps=eps,
+            weight_decay=weight_decay, ratios=ratios,
+        )  # fmt: skip
+
+    def e_transform(
+        self, grads: list[Tensor], diff_carries: list[Tensor], *, b1: float, alpha: float
+    ) -> list[Tensor]:
+        out = [torch.empty_like(g) for g in grads]
+        return e_transform_(grads, diff_carries, out, b1=b1, alpha=alpha)
+
+
+FUSED = Fused()

@@ -1,63 +1,65 @@
 """The step machinery ALTO and Lamb share: Adam moments, layer-wise trust ratio.
 
 Both are "bias-corrected Adam direction + decoupled weight decay, scaled per tensor
-by ||theta|| / ||r||"; ALTO adds the gradient-difference term. Keeping one class
-means ALTO with alpha=0 and Lamb run literally the same code, and every policy
-(clipping, non-finite gradients, the distributed norm hook) is written once.
+by ||theta|| / ||r||"; ALTO adds E's gradient-difference term in front (ALTO = E
+then Lamb). Keeping one class means ALTO with alpha=0 and Lamb run literally the
+same code, and every policy (clipping, maximize, non-finite gradients, the
+distributed norm hook, the torch.optim contract: pickling, hooks, state dicts) is
+written once. The arithmetic is the implementations' (``alto.optim._protocol``);
+which one runs a group is decided in one place, ``alto.optim._dispatch``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from itertools import chain
 from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from alto.optim import _dispatch
+from alto import defaults as D
 from alto.optim import _validate as check
-from alto.optim._impl_foreach import norms, state_dtype
+from alto.optim._common import TrustRatioForm, global_grad_norm, state_dtype, trust_ratios
+from alto.optim._dispatch import GroupDispatch, summary
+from alto.optim._protocol import Implementation
 
 NormReducer = Callable[[Tensor, list[Tensor]], Tensor]
-TrustRatioForm = Literal["published", "paper"]
 NonFinitePolicy = Literal["skip", "raise", "unchecked"]
 
 _STATE_KEYS = ("exp_avg", "exp_avg_sq", "diff_carry")
+#: Instance attributes that are part of the optimizer (pickled, deep-copied).
+_OPTIONS = (
+    "trust_ratio",
+    "trust_ratio_eps",
+    "max_grad_norm",
+    "on_nonfinite",
+    "norm_reducer",
+    "state_dtype",
+    "skipped_steps",
+    "last_step_skipped",
+    "_dispatch",
+)
+#: Group keys every group carries (torch's convention: flags live in the groups too).
+_FLAG_KEYS = ("foreach", "fused", "maximize")
+
+__all__ = [
+    "NonFinitePolicy",
+    "NormReducer",
+    "TrustRatioAdam",
+    "TrustRatioForm",
+    "global_grad_norm",
+    "trust_ratios",
+]
 
 
-def global_grad_norm(grads: list[Tensor]) -> Tensor:
-    """L2 norm over all gradients as a 0-d float32 tensor, computed on the device."""
-    device = grads[0].device
-    per_tensor = [n.to(device=device, dtype=torch.float32) for n in norms(grads)]
-    return torch.linalg.vector_norm(torch.stack(per_tensor))
-
-
-def trust_ratios(sq: Tensor, form: TrustRatioForm, eps2: float, eps3: float) -> Tensor:
-    """Per-tensor trust ratios from the [N, 2] squared norms, on the device.
-
-    published: ||theta|| / ||r||, and 1 when either norm is 0 (the authors' code).
-    paper:     phi(||theta||) / (||r|| + eps2 * phi(||theta||)),  phi(x) = x + eps3.
-    """
-    w = sq[:, 0].sqrt()
-    r = sq[:, 1].sqrt()
-    if form == "published":
-        return torch.where((w > 0) & (r > 0), w / r, torch.ones_like(w))
-    phi = w + eps3
-    return phi / (r + eps2 * phi)
-
-
-def _check_state_dtype(value: torch.dtype | None, implementation: str) -> torch.dtype | None:
+def _check_state_dtype(value: torch.dtype | None) -> torch.dtype | None:
     """state_dtype: None/float32 everywhere; bfloat16 only where the math stays fp32 (fused)."""
     if value is None or value == torch.float32:
         return None
     if value != torch.bfloat16:
         raise ValueError(
             f"state_dtype must be None, torch.float32 or torch.bfloat16, got {value!r}"
-        )
-    if implementation != "fused":
-        raise ValueError(
-            "state_dtype=torch.bfloat16 needs the fused implementation (CUDA parameters "
-            f"and triton; fused=None or True), but this optimizer runs {implementation!r}"
         )
     return value
 
@@ -83,10 +85,11 @@ class TrustRatioAdam(torch.optim.Optimizer):
         on_nonfinite: NonFinitePolicy,
         foreach: bool | None,
         fused: bool | None,
+        maximize: bool,
         norm_reducer: NormReducer | None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
-        self.trust_ratio = check.choice("trust_ratio", trust_ratio, ("published", "paper"))
+        self.trust_ratio = check.choice("trust_ratio", trust_ratio, D.TRUST_RATIO_FORMS)
         if isinstance(trust_ratio_eps, str) or not isinstance(trust_ratio_eps, tuple | list):
             raise TypeError(f"trust_ratio_eps must be a pair (eps2, eps3), got {trust_ratio_eps!r}")
         if len(trust_ratio_eps) != 2:
@@ -100,30 +103,46 @@ class TrustRatioAdam(torch.optim.Optimizer):
         self.max_grad_norm = (
             None if max_grad_norm is None else check.positive("max_grad_norm", max_grad_norm)
         )
-        self.on_nonfinite = check.choice(
-            "on_nonfinite", on_nonfinite, ("skip", "raise", "unchecked")
-        )
+        self.on_nonfinite = check.choice("on_nonfinite", on_nonfinite, D.NONFINITE_POLICIES)
         self.norm_reducer = check.optional_callable("norm_reducer", norm_reducer)
-        check.optional_bool("foreach", foreach)
-        check.optional_bool("fused", fused)
-        self._check_group(defaults, lambda key: key)
-        super().__init__(params, defaults)
-        all_params = [p for g in self.param_groups for p in g["params"]]
-        self._impl, self.implementation = _dispatch.resolve(foreach, fused, all_params)
-        self._step_on_device = bool(getattr(self._impl, "STEP_ON_PARAM_DEVICE", False))
         # fused helper: optional bf16 storage of m, v, c (the fused kernels compute in fp32)
-        self.state_dtype = _check_state_dtype(state_dtype, self.implementation)
-        self._uses_workspace = bool(getattr(self._impl, "USES_WORKSPACE", False))
+        self.state_dtype = _check_state_dtype(state_dtype)
+        self._dispatch = GroupDispatch(foreach, fused)
         self.skipped_steps = 0
         self.last_step_skipped = False
+        defaults = {**defaults, "foreach": foreach, "fused": fused, "maximize": maximize}
+        self._check_group(defaults, lambda key: key)
+        self._check_flags(defaults, lambda key: key)
+        super().__init__(params, defaults)
+
+    # -------------------------------------------------------- implementation
+    @property
+    def implementations(self) -> list[str]:
+        """What runs each parameter group: "single", "foreach", "blocked" or "fused"."""
+        return self._dispatch.names(self.param_groups)
+
+    @property
+    def implementation(self) -> str:
+        """What runs the step: one name, or the groups' names joined by "+" when they differ."""
+        return summary(self.implementations)
+
+    def _impl(self, index: int, group: dict[str, Any]) -> Implementation:
+        return self._dispatch.for_group(index, group)
 
     # ----------------------------------------------------------------- groups
     def _check_group(self, group: dict[str, Any], name: Callable[[str], str]) -> None:
         """Validate a group's hyperparameters; ``name(key)`` is how errors call the key."""
         raise NotImplementedError
 
+    def _check_flags(self, group: dict[str, Any], name: Callable[[str], str]) -> None:
+        check.optional_bool(name("foreach"), group.get("foreach"))
+        check.optional_bool(name("fused"), group.get("fused"))
+        if not isinstance(group.get("maximize", False), bool):
+            raise TypeError(f"{name('maximize')} must be True or False, got {group['maximize']!r}")
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Validate a group's hyperparameters (overrides and defaults) before adding it."""
+        """Validate a group's hyperparameters (overrides and defaults) before adding it,
+        and resolve the implementation that will run it."""
         if not isinstance(param_group, dict):
             raise TypeError(f"param_group must be a dict, got {type(param_group).__name__}")
         index = len(self.param_groups)
@@ -133,6 +152,7 @@ class TrustRatioAdam(torch.optim.Optimizer):
             return f"param_groups[{index}]['{key}']" if key in param_group else key
 
         self._check_group(merged, name)
+        self._check_flags(merged, name)
         params = param_group["params"]
         if isinstance(params, Tensor):
             params = [params]
@@ -144,10 +164,47 @@ class TrustRatioAdam(torch.optim.Optimizer):
                 check.float_param(p, f"param_groups[{index}]['params'][{j}]")
         super().add_param_group(param_group)
         param_group["betas"] = tuple(float(b) for b in param_group["betas"])
+        try:
+            impl = self._impl(index, param_group)
+            if self.state_dtype is not None and impl.name != "fused":
+                raise ValueError(
+                    "state_dtype=torch.bfloat16 needs the fused implementation (CUDA "
+                    f"parameters and triton; fused=None or True), but param_groups[{index}] "
+                    f"runs {impl.name!r}"
+                )
+        except Exception:
+            self.param_groups.pop()
+            raise
 
     def _betas3(self, group: dict[str, Any]) -> tuple[float, float, float]:
         betas = group["betas"]
         return (0.0, *betas) if self._n_betas == 2 else tuple(betas)
+
+    # ------------------------------------------------- pickling and copying
+    def __getstate__(self) -> dict[str, Any]:
+        """torch's three entries plus this optimizer's options (torch would drop them)."""
+        state = super().__getstate__()
+        state.update({key: self.__dict__[key] for key in _OPTIONS if key in self.__dict__})
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Also called by torch's load_state_dict with state and groups only; an object
+        pickled before the options were saved gets their defaults."""
+        super().__setstate__(state)
+        self.__dict__.setdefault("trust_ratio", D.ALTO.trust_ratio)
+        self.__dict__.setdefault("trust_ratio_eps", D.ALTO.trust_ratio_eps)
+        self.__dict__.setdefault("max_grad_norm", None)
+        self.__dict__.setdefault("on_nonfinite", D.ALTO.on_nonfinite)
+        self.__dict__.setdefault("norm_reducer", None)
+        self.__dict__.setdefault("state_dtype", None)
+        self.__dict__.setdefault("skipped_steps", 0)
+        self.__dict__.setdefault("last_step_skipped", False)
+        if "_dispatch" not in self.__dict__:
+            self._dispatch = GroupDispatch(self.defaults.get("foreach"), self.defaults.get("fused"))
+        for key, value in (("foreach", None), ("fused", None), ("maximize", False)):
+            self.defaults.setdefault(key, value)
+            for group in self.param_groups:
+                group.setdefault(key, self.defaults[key])
 
     # ------------------------------------------------------------------ state
     def _state_dtype_for(self, p: Tensor) -> torch.dtype:
@@ -156,10 +213,10 @@ class TrustRatioAdam(torch.optim.Optimizer):
             return state_dtype(p)
         return self.state_dtype
 
-    def _state_for(self, p: Tensor) -> dict[str, Any]:
+    def _state_for(self, p: Tensor, impl: Implementation) -> dict[str, Any]:
         state = self.state[p]
         if len(state) == 0:
-            step_device = p.device if self._step_on_device else torch.device("cpu")
+            step_device = p.device if impl.step_on_param_device else torch.device("cpu")
             state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
             dtype = self._state_dtype_for(p)
             fmt = torch.preserve_format
@@ -174,30 +231,47 @@ class TrustRatioAdam(torch.optim.Optimizer):
 
         torch's loader casts every floating state to the parameter's dtype, which
         would silently round fp32 moments of bf16 parameters to bf16; the states are
-        re-materialised here from the saved tensors instead.
+        re-materialised from the saved tensors (as the load-state-dict pre-hooks left
+        them) before the post-hooks run, and never share storage with the source.
         """
+        loaded: dict[str, Any] = {}
+
+        def capture(_opt: torch.optim.Optimizer, sd: dict[str, Any]) -> None:
+            loaded["sd"] = sd
+
+        def restore(_opt: torch.optim.Optimizer) -> None:
+            self._restore_states(loaded["sd"])
+
+        first_post = self.register_load_state_dict_post_hook(restore, prepend=True)
+        last_pre = self.register_load_state_dict_pre_hook(capture)
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            last_pre.remove()
+            first_post.remove()
+
+    def _restore_states(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict["state"]
-        super().load_state_dict(state_dict)
-        index = 0
-        for group in self.param_groups:
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        ids = iter(saved_ids)
+        for gi, group in enumerate(self.param_groups):
             group["betas"] = tuple(float(b) for b in group["betas"])
+            impl = self._impl(gi, group)
+            step_device_of = (lambda p: p.device) if impl.step_on_param_device else None
             for p in group["params"]:
-                if index in saved and p in self.state:
-                    st = self.state[p]
-                    src = saved[index]
-                    for key in _STATE_KEYS:
-                        if key in src:
-                            st[key] = (
-                                src[key].to(device=p.device, dtype=self._state_dtype_for(p)).clone()
-                            )
-                    step_device = p.device if self._step_on_device else torch.device("cpu")
-                    st["step"] = (
-                        torch.as_tensor(src["step"], dtype=torch.float32).to(step_device).clone()
-                    )
-                index += 1
+                pid = next(ids)
+                if pid not in saved or p not in self.state:
+                    continue
+                st, src = self.state[p], saved[pid]
+                for key in _STATE_KEYS:
+                    if key in src:
+                        st[key] = src[key].to(device=p.device, dtype=self._state_dtype_for(p))
+                        st[key] = st[key].clone() if st[key] is src[key] else st[key]
+                device = step_device_of(p) if step_device_of else torch.device("cpu")
+                st["step"] = torch.tensor(float(src["step"]), dtype=torch.float32, device=device)
 
     # ------------------------------------------------------------------- step
-    def _collect(self) -> list[tuple[dict[str, Any], list[Tensor], list[Tensor]]]:
+    def _collect(self) -> list[tuple[dict[str, Any], Implementation, list[Tensor], list[Tensor]]]:
         plan = []
         for gi, group in enumerate(self.param_groups):
             params, grads = [], []
@@ -207,7 +281,7 @@ class TrustRatioAdam(torch.optim.Optimizer):
                 check.dense_grad(p, f"param_groups[{gi}]['params'][{pi}]")
                 params.append(p)
                 grads.append(p.grad)
-            plan.append((group, params, grads))
+            plan.append((group, self._impl(gi, group), params, grads))
         return plan
 
     def _nonfinite_report(self) -> str:
@@ -235,7 +309,7 @@ class TrustRatioAdam(torch.optim.Optimizer):
                 loss = closure()
 
         plan = self._collect()
-        all_grads = [g for _, _, grads in plan for g in grads]
+        all_grads = [g for _, _, _, grads in plan for g in grads]
         grad_scale: Tensor | None = None
         self.last_step_skipped = False
         check_finite = self.on_nonfinite != "unchecked"
@@ -258,15 +332,15 @@ class TrustRatioAdam(torch.optim.Optimizer):
         sq_parts: list[Tensor] = []
         ratio_params: list[Tensor] = []
         work = []
-        for group, params, grads in plan:
+        for group, impl, params, grads in plan:
             if not params:
                 continue
-            states = [self._state_for(p) for p in params]
+            states = [self._state_for(p, impl) for p in params]
             b1, b2, b3 = self._betas3(group)
             with_norms = group["weight_decay"] != 0.0
-            scale = None if grad_scale is None else grad_scale.to(params[0].device)
-            extra = {"workspace": {}} if self._uses_workspace else {}
-            sq = self._impl.moments_and_sq_norms(
+            scale = self._grad_scale(group, grad_scale, params[0].device)
+            workspace: dict[str, Any] = {}
+            sq = impl.moments_and_sq_norms(
                 params,
                 grads,
                 [s["exp_avg"] for s in states],
@@ -281,12 +355,12 @@ class TrustRatioAdam(torch.optim.Optimizer):
                 weight_decay=group["weight_decay"],
                 with_norms=with_norms,
                 grad_scale=scale,
-                **extra,
+                workspace=workspace,
             )
             if with_norms:
                 sq_parts.append(sq)
                 ratio_params.extend(params)
-            work.append((group, params, states, with_norms, extra))
+            work.append((group, impl, params, states, with_norms, workspace))
 
         # Between the phases: exactly one call of the reducer per step.
         device = self._norm_device(ratio_params, plan)
@@ -300,35 +374,53 @@ class TrustRatioAdam(torch.optim.Optimizer):
 
         # Phase 2: apply the updates.
         offset = 0
-        for group, params, states, with_norms, extra in work:
+        for group, impl, params, states, with_norms, workspace in work:
             group_ratios = None
             if with_norms:
                 group_ratios = ratios[offset : offset + len(params)].to(params[0].device)
                 offset += len(params)
             _, b2, b3 = self._betas3(group)
-            self._impl.apply_update(
+            impl.apply_update(
                 params,
                 [s["exp_avg"] for s in states],
                 [s["exp_avg_sq"] for s in states],
                 [s["step"] for s in states],
-                lr=group["lr"],
+                lr=self._lr(group["lr"], impl, params[0].device),
                 b2=b2,
                 b3=b3,
                 eps=group["eps"],
                 weight_decay=group["weight_decay"],
                 ratios=group_ratios,
-                **extra,
+                workspace=workspace,
             )
         return loss
+
+    @staticmethod
+    def _grad_scale(
+        group: dict[str, Any], clip: Tensor | None, device: torch.device
+    ) -> Tensor | None:
+        """The factor on the group's gradients: the clipping scale, negated to maximize."""
+        scale = None if clip is None else clip.to(device)
+        if group.get("maximize", False):
+            scale = torch.full((), -1.0, device=device) if scale is None else -scale
+        return scale
+
+    @staticmethod
+    def _lr(lr: float | Tensor, impl: Implementation, device: torch.device) -> float | Tensor:
+        """A tensor learning rate stays a device tensor where the implementation reads it
+        on the device (fused); elsewhere it is read once per group and step."""
+        if isinstance(lr, Tensor):
+            return lr.to(device) if impl.tensor_lr else float(lr)
+        return lr
 
     @staticmethod
     def _norm_device(ratio_params: list[Tensor], plan: list[Any]) -> torch.device:
         if ratio_params:
             return ratio_params[0].device
-        for _, params, _ in plan:
+        for _, _, params, _ in plan:
             if params:
                 return params[0].device
-        for group, _, _ in plan:
+        for group, _, _, _ in plan:
             if group["params"]:
                 return group["params"][0].device
         return torch.device("cpu")

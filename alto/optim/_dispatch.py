@@ -1,93 +1,146 @@
-"""Choose the implementation module (single-tensor, foreach or fused) for a step.
+"""The one place that decides which implementation runs a parameter group's step.
 
-The fused Triton path lives in ``alto.fused`` (another package, built separately); it
-is imported lazily and only when asked for or when every parameter is on CUDA, so
-``import alto`` never pulls in triton.
+:func:`resolve` maps (``foreach``, ``fused``, the group's tensors) to an
+``Implementation`` (``alto.optim._protocol``) whose ``name`` is what actually runs:
+
+* ``fused=True``: "fused" (Triton, ``alto.fused``), or a ValueError saying why not;
+* ``foreach=False``: "single" (the reference, one tensor at a time);
+* ``foreach=True``: "foreach" (torch's multi-tensor ops);
+* both None (the default): "fused" when every tensor is on CUDA and ``alto.fused``
+  loads, else "blocked" when every tensor is a contiguous CPU tensor, else "foreach".
+
+``fused=False`` only rules the fused path out. The fused path lives in another
+package (``alto.fused``, needs triton) and is imported lazily, only when asked for
+or when every tensor is on CUDA, so ``import alto`` never pulls in triton.
+
+:class:`GroupDispatch` resolves once per parameter group and remembers the answer
+as long as the group (its dict, its params list and the flags) is unchanged.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
-from types import ModuleType
+from collections.abc import Mapping
+from typing import Any
 
-import torch
+from torch import Tensor
 
-from alto.optim import _impl_foreach, _impl_single
+from alto.optim._impl_blocked import BLOCKED
+from alto.optim._impl_blocked import applicable as blocked_applicable
+from alto.optim._impl_foreach import FOREACH
+from alto.optim._impl_single import SINGLE
+from alto.optim._protocol import Implementation
 
-_REQUIRED = ("moments_and_sq_norms", "apply_update")
 
-
-def _load_fused(required: tuple[str, ...] = _REQUIRED) -> tuple[ModuleType | None, str]:
-    """The fused implementation module, or (None, why it is unavailable)."""
+def load_fused() -> tuple[Implementation | None, str]:
+    """The fused implementation, or (None, why it is unavailable). Never raises."""
     try:
         mod = importlib.import_module("alto.fused")
-    except ImportError as exc:  # triton missing, or alto.fused not built yet
+    except ImportError as exc:  # alto.fused not built
         return None, f"alto.fused cannot be imported ({exc})"
-    missing = [name for name in required if not hasattr(mod, name)]
-    if missing:
-        return None, f"alto.fused does not define {', '.join(missing)}"
-    is_available = getattr(mod, "is_available", None)
-    if is_available is not None and not is_available():
-        return None, "alto.fused.is_available() returned False (no CUDA or no triton)"
-    return mod, ""
+    if not mod.triton_importable():
+        return None, "triton is not installed (pip install triton)"
+    if not mod.is_available():
+        return None, "alto.fused.is_available() returned False (no CUDA and no TRITON_INTERPRET=1)"
+    try:
+        impl = mod.FUSED
+    except ImportError as exc:  # triton present but broken, or kernels fail to import
+        return None, f"alto.fused cannot load its kernels ({type(exc).__name__}: {exc})"
+    return impl, ""
 
 
-def resolve(
-    foreach: bool | None, fused: bool | None, params: list[torch.Tensor]
-) -> tuple[ModuleType, str]:
-    """Return (implementation module, its name) for the given flags and parameters.
+def _interpreter_requested() -> bool:
+    try:
+        mod = importlib.import_module("alto.fused")
+    except ImportError:
+        return False
+    return mod.interpreter_requested()
 
-    fused=None picks the fused path when every parameter is on CUDA and alto.fused
-    loads; otherwise foreach=None/True picks foreach and foreach=False single-tensor.
-    fused=True also runs on CPU tensors when alto.fused.interpreter_requested() (the
-    Triton interpreter, for tests).
-    """
+
+def _all_cuda(params: list[Tensor]) -> bool:
+    return bool(params) and all(p.device.type == "cuda" for p in params)
+
+
+def resolve(foreach: bool | None, fused: bool | None, params: list[Tensor]) -> Implementation:
+    """The implementation for one parameter group (see the module docstring)."""
     if fused and foreach:
         raise ValueError("foreach=True and fused=True cannot both be set; choose one")
-    all_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    all_cuda = _all_cuda(params)
     if fused:
-        mod, why = _load_fused()
-        interpreted = mod is not None and getattr(mod, "interpreter_requested", lambda: False)()
-        if not all_cuda and not interpreted:
+        if not all_cuda and not _interpreter_requested():
             devices = sorted({str(p.device) for p in params})
             raise ValueError(
                 f"fused=True needs every parameter on a CUDA device, got devices {devices}; "
                 "use fused=None or False on the CPU (or TRITON_INTERPRET=1 to test the kernels)"
             )
-        if mod is None:
+        impl, why = load_fused()
+        if impl is None:
             raise ValueError(f"fused=True is unavailable: {why}; use fused=None or False")
-        return mod, "fused"
-    if fused is None and foreach is None and all_cuda:
-        mod, _ = _load_fused()
-        if mod is not None:
-            return mod, "fused"
+        return impl
     if foreach is False:
-        return _impl_single, "single"
-    return _impl_foreach, "foreach"
+        return SINGLE
+    if foreach is True:
+        return FOREACH
+    if fused is None and all_cuda and not any(p.is_complex() for p in params):
+        impl, _ = load_fused()
+        if impl is not None:
+            return impl
+    if blocked_applicable(params):
+        return BLOCKED
+    return FOREACH
 
 
-def resolve_e_transform(fused: bool | None, params: list[torch.Tensor]) -> Callable | None:
-    """E's fused gradient transform (``alto.fused.e_transform_``) or None for foreach.
+class GroupDispatch:
+    """Resolve each parameter group once; ``foreach``/``fused`` of a group override
+    the optimizer's (a group without the keys, e.g. assigned directly to
+    ``param_groups`` by Megatron, takes the optimizer's)."""
 
-    Same rule as the optimizers: None uses it when every parameter is on CUDA and it
-    loads, True requires it (CUDA, or the Triton interpreter), False never.
-    """
-    if fused is False:
-        return None
-    all_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
-    if fused is None and not all_cuda:
-        return None
-    mod, why = _load_fused(("e_transform_",))
-    interpreted = mod is not None and getattr(mod, "interpreter_requested", lambda: False)()
-    if fused and not all_cuda and not interpreted:
-        devices = sorted({str(p.device) for p in params})
-        raise ValueError(
-            f"fused=True needs every parameter on a CUDA device, got devices {devices}; "
-            "use fused=None or False on the CPU (or TRITON_INTERPRET=1 to test the kernels)"
-        )
-    if mod is None:
-        if fused:
-            raise ValueError(f"fused=True is unavailable: {why}; use fused=None or False")
-        return None
-    return mod.e_transform_
+    def __init__(self, foreach: bool | None, fused: bool | None) -> None:
+        self.foreach = foreach
+        self.fused = fused
+        self._cache: list[tuple[Any, ...] | None] = []
+
+    def flags(self, group: Mapping[str, Any]) -> tuple[bool | None, bool | None]:
+        return group.get("foreach", self.foreach), group.get("fused", self.fused)
+
+    def for_group(
+        self,
+        index: int,
+        group: dict[str, Any],
+        flags: tuple[bool | None, bool | None] | None = None,
+    ) -> Implementation:
+        """The implementation of ``group`` (the index-th), resolved once; ``flags``
+        (foreach, fused) default to the group's keys, then the optimizer's."""
+        if index >= len(self._cache):
+            self._cache.extend([None] * (index + 1 - len(self._cache)))
+        params = group["params"]
+        flags = self.flags(group) if flags is None else flags
+        hit = self._cache[index]
+        if (
+            hit is not None
+            and hit[0] is group
+            and hit[1] is params
+            and hit[2] == len(params)
+            and hit[3] == flags
+        ):
+            return hit[4]
+        impl = resolve(*flags, list(params))
+        self._cache[index] = (group, params, len(params), flags, impl)
+        return impl
+
+    def names(self, groups: list[dict[str, Any]]) -> list[str]:
+        return [self.for_group(i, g).name for i, g in enumerate(groups)]
+
+    def __getstate__(self) -> dict[str, Any]:  # implementations are re-resolved after a copy
+        return {"foreach": self.foreach, "fused": self.fused, "_cache": []}
+
+
+def summary(names: list[str]) -> str:
+    """One name when every group runs the same implementation, else them all, joined by '+'."""
+    unique = list(dict.fromkeys(names))
+    if not unique:
+        return "none"
+    return "+".join(unique)
+
+
+__all__ = ["GroupDispatch", "load_fused", "resolve", "summary"]

@@ -1,9 +1,10 @@
-"""Single-tensor implementation of the ALTO / Lamb step: the readable reference.
+"""Single-tensor implementation: the readable reference, one tensor at a time.
 
-Same two functions, signatures and semantics as ``alto.optim._impl_foreach`` (its
-module docstring is the contract). Written one tensor at a time with the
-equations in their textbook order, so a reader can check it against the paper;
-the foreach path is the fast one.
+ALTO = E then Lamb, literally: :func:`explore_` is E's gradient transform (what
+``E`` feeds its base optimizer), :func:`lamb_moments_` and :func:`lamb_direction`
+are Lamb's, and ALTO's phase 1 is the one followed by the other. The faster
+implementations compute the same thing with fewer passes over memory; the
+contract they all share is ``alto.optim._protocol``.
 """
 
 from __future__ import annotations
@@ -11,17 +12,36 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alto.optim._impl_foreach import state_dtype
-
-STEP_ON_PARAM_DEVICE = False
-
-__all__ = ["STEP_ON_PARAM_DEVICE", "apply_update", "moments_and_sq_norms", "state_dtype"]
+from alto.optim._common import explore_coefficients
 
 
-def _update_direction(
-    theta: Tensor, m: Tensor, v: Tensor, step: float, b2: float, b3: float, eps: float, wd: float
+def explore_(g: Tensor, c: Tensor, *, b1: float, alpha: float) -> Tensor:
+    """E: g~ = g + alpha a_k with a_k = c_k + (1-b1) g_k; then c_{k+1} = b1 c_k - (1-b1)^2 g_k.
+
+    ``g`` and ``c`` in the same dtype; returns a new tensor, advances ``c`` in place.
+    """
+    s, q = explore_coefficients(b1, alpha)
+    g_tilde = g * s + c * alpha
+    c.mul_(b1).add_(g, alpha=q)
+    return g_tilde
+
+
+def explore(g: Tensor, c: Tensor, *, b1: float, alpha: float) -> tuple[Tensor, Tensor]:
+    """E out of place (autograd sees every operation): returns (g~, c_{k+1})."""
+    s, q = explore_coefficients(b1, alpha)
+    return g * s + c * alpha, c * b1 + g * q
+
+
+def lamb_moments_(m: Tensor, v: Tensor, g: Tensor, *, b2: float, b3: float) -> None:
+    """Lamb's (Adam's) moments: m <- b2 m + (1-b2) g, v <- b3 v + (1-b3) g^2."""
+    m.mul_(b2).add_(g, alpha=1.0 - b2)
+    v.mul_(b3).addcmul_(g, g, value=1.0 - b3)
+
+
+def lamb_direction(
+    theta: Tensor, m: Tensor, v: Tensor, *, step: float, b2: float, b3: float, eps: float, wd: float
 ) -> Tensor:
-    """r = m_hat / (sqrt(v_hat) + eps) + wd * theta."""
+    """Lamb's update direction r = m_hat / (sqrt(v_hat) + eps) + wd * theta."""
     m_hat = m / (1.0 - b2**step)
     v_hat = v / (1.0 - b3**step)
     r = m_hat / (v_hat.sqrt() + eps)
@@ -30,69 +50,89 @@ def _update_direction(
     return r
 
 
-def moments_and_sq_norms(
-    params: list[Tensor],
-    grads: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    diff_carries: list[Tensor] | None,
-    steps: list[Tensor],
-    *,
-    b1: float,
-    b2: float,
-    b3: float,
-    alpha: float,
-    eps: float,
-    weight_decay: float,
-    with_norms: bool,
-    grad_scale: Tensor | None = None,
-) -> Tensor | None:
-    """Phase 1: update c, m, v; return [||theta||^2, ||r||^2] rows if ``with_norms``."""
-    rows: list[Tensor] = []
-    for i, (p, grad, m, v, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
-        step.add_(1.0)
-        g = grad.to(m.dtype)
-        if grad_scale is not None:
-            g = g * grad_scale.to(m.dtype)
-        if diff_carries is not None:
-            c = diff_carries[i]
-            a = c + (1.0 - b1) * g  # a_k = b1 a_{k-1} + (1-b1)(g_k - g_{k-1})
-            g_tilde = g + alpha * a
-            c.mul_(b1).add_(g, alpha=-((1.0 - b1) ** 2))  # c_{k+1}
-        else:
-            g_tilde = g
-        m.mul_(b2).add_(g_tilde, alpha=1.0 - b2)
-        v.mul_(b3).addcmul_(g_tilde, g_tilde, value=1.0 - b3)
-        if with_norms:
+class Single:
+    """The reference implementation (``foreach=False``)."""
+
+    name = "single"
+    step_on_param_device = False
+    tensor_lr = False
+
+    def moments_and_sq_norms(
+        self,
+        params: list[Tensor],
+        grads: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        diff_carries: list[Tensor] | None,
+        steps: list[Tensor],
+        *,
+        b1: float,
+        b2: float,
+        b3: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        with_norms: bool,
+        grad_scale: Tensor | None,
+        workspace: dict,
+    ) -> Tensor | None:
+        rows: list[Tensor] = []
+        for i, (p, grad, m, v, step) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs, steps)):
+            step.add_(1.0)
+            g = grad.to(m.dtype)
+            if grad_scale is not None:
+                g = g * grad_scale.to(m.dtype)
+            # ALTO = E then Lamb:
+            if diff_carries is not None:
+                g = explore_(g, diff_carries[i], b1=b1, alpha=alpha)
+            lamb_moments_(m, v, g, b2=b2, b3=b3)
+            if with_norms:
+                theta = p.to(m.dtype)
+                r = lamb_direction(
+                    theta, m, v, step=float(step), b2=b2, b3=b3, eps=eps, wd=weight_decay
+                )
+                pair = torch.stack([torch.linalg.vector_norm(theta), torch.linalg.vector_norm(r)])
+                rows.append(pair.to(device=params[0].device, dtype=torch.float32))
+        if not with_norms:
+            return None
+        return torch.stack(rows).square_()
+
+    def apply_update(
+        self,
+        params: list[Tensor],
+        exp_avgs: list[Tensor],
+        exp_avg_sqs: list[Tensor],
+        steps: list[Tensor],
+        *,
+        lr: float | Tensor,
+        b2: float,
+        b3: float,
+        eps: float,
+        weight_decay: float,
+        ratios: Tensor | None,
+        workspace: dict,
+    ) -> None:
+        lr = float(lr)
+        for i, (p, m, v, step) in enumerate(zip(params, exp_avgs, exp_avg_sqs, steps)):
             theta = p.to(m.dtype)
-            r = _update_direction(theta, m, v, float(step), b2, b3, eps, weight_decay)
-            pair = torch.stack([torch.linalg.vector_norm(theta), torch.linalg.vector_norm(r)])
-            rows.append(pair.to(device=params[0].device, dtype=torch.float32))
-    if not with_norms:
-        return None
-    return torch.stack(rows).square_()
+            r = lamb_direction(
+                theta, m, v, step=float(step), b2=b2, b3=b3, eps=eps, wd=weight_decay
+            )
+            if ratios is None:
+                theta.add_(r, alpha=-lr)
+            else:
+                theta.sub_(r * (lr * ratios[i].to(m.dtype)))
+            if theta is not p:
+                p.copy_(theta)
+
+    def e_transform(
+        self, grads: list[Tensor], diff_carries: list[Tensor], *, b1: float, alpha: float
+    ) -> list[Tensor]:
+        out = []
+        for g, c in zip(grads, diff_carries):
+            g_tilde = explore_(g.to(c.dtype), c, b1=b1, alpha=alpha)
+            out.append(g_tilde.to(g.dtype))
+        return out
 
 
-def apply_update(
-    params: list[Tensor],
-    exp_avgs: list[Tensor],
-    exp_avg_sqs: list[Tensor],
-    steps: list[Tensor],
-    *,
-    lr: float,
-    b2: float,
-    b3: float,
-    eps: float,
-    weight_decay: float,
-    ratios: Tensor | None,
-) -> None:
-    """Phase 2: theta <- theta - lr * ratio * r, with r recomputed from m, v, theta."""
-    for i, (p, m, v, step) in enumerate(zip(params, exp_avgs, exp_avg_sqs, steps)):
-        theta = p.to(m.dtype)
-        r = _update_direction(theta, m, v, float(step), b2, b3, eps, weight_decay)
-        if ratios is None:
-            theta.add_(r, alpha=-lr)
-        else:
-            theta.sub_(r * (lr * ratios[i].to(m.dtype)))
-        if theta is not p:
-            p.copy_(theta)
+SINGLE = Single()

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from alto import defaults as D
+
 
 def number(name: str, value: Any) -> float:
     """Return ``value`` as a float, or raise TypeError if it is not a real number."""
@@ -23,28 +25,44 @@ def number(name: str, value: Any) -> float:
     return float(value)
 
 
+def bounded(name: str, value: Any, bound: D.Bound) -> float:
+    """A finite number inside ``bound`` (from ``alto.defaults``)."""
+    x = number(name, value)
+    if not bound.contains(x):
+        raise ValueError(f"{name} must be {bound.describe()}, got {value!r}")
+    return x
+
+
 def non_negative(name: str, value: Any) -> float:
     """A finite number >= 0 (learning rates, weight decay)."""
-    x = number(name, value)
-    if x < 0:
-        raise ValueError(f"{name} must be >= 0, got {value!r}")
-    return x
+    return bounded(name, value, D.NON_NEGATIVE)
 
 
 def positive(name: str, value: Any) -> float:
     """A finite number > 0 (eps, clipping thresholds)."""
-    x = number(name, value)
-    if x <= 0:
-        raise ValueError(f"{name} must be > 0, got {value!r}")
-    return x
+    return bounded(name, value, D.POSITIVE)
 
 
 def beta(name: str, value: Any) -> float:
     """An EMA coefficient in [0, 1)."""
-    x = number(name, value)
-    if not 0.0 <= x < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
-    return x
+    return bounded(name, value, D.EMA)
+
+
+def learning_rate(name: str, value: Any) -> float | torch.Tensor:
+    """A number >= 0, or a one-element real floating tensor holding one (as torch's Adam).
+
+    A tensor is kept as the caller's object, so that a scheduler that writes into
+    it in place, or a captured CUDA graph that reads it, sees every change.
+    """
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or not value.is_floating_point():
+            raise ValueError(
+                f"{name} as a tensor must hold exactly one real floating-point value, got "
+                f"shape {tuple(value.shape)} and dtype {value.dtype}"
+            )
+        non_negative(name, float(value))
+        return value
+    return non_negative(name, value)
 
 
 def betas(name: str, value: Any, count: int) -> tuple[float, ...]:
@@ -61,8 +79,8 @@ def betas(name: str, value: Any, count: int) -> tuple[float, ...]:
 def alpha_for(name: str, value: Any, b1: float, b1_name: str) -> float:
     """The ALTO acceleration factor: |alpha| < 1/(1-b1), the paper's stability bound."""
     x = number(name, value)
-    bound = 1.0 / (1.0 - b1)
-    if not abs(x) < bound:
+    bound = D.alpha_bound(b1)
+    if not D.alpha_allowed(x, b1):
         raise ValueError(
             f"{name} must satisfy |{name}| < 1/(1-{b1_name}) = {bound:g} "
             f"(with {b1_name}={b1:g}), got {value!r}"
@@ -99,5 +117,17 @@ def dense_grad(param: torch.Tensor, where: str) -> None:
 
 
 def float_param(param: torch.Tensor, where: str) -> None:
+    """ALTO and Lamb take real floating-point parameters only."""
     if not param.is_floating_point():
-        raise TypeError(f"{where} must be a floating-point tensor, got dtype {param.dtype}")
+        raise TypeError(
+            f"{where} must be a floating-point tensor (real), got dtype {param.dtype}"
+            + (" (complex parameters: wrap with torch.view_as_real)" if param.is_complex() else "")
+        )
+
+
+def float_or_complex_param(param: torch.Tensor, where: str) -> None:
+    """E takes what its elementwise transform handles: real or complex floating point."""
+    if not (param.is_floating_point() or param.is_complex()):
+        raise TypeError(
+            f"{where} must be a floating-point or complex tensor, got dtype {param.dtype}"
+        )

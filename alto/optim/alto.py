@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alto import defaults as D
 from alto.optim import _validate as check
 from alto.optim._base import NonFinitePolicy, NormReducer, TrustRatioAdam, TrustRatioForm
 
@@ -72,18 +73,19 @@ class ALTO(TrustRatioAdam):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
-        betas: tuple[float, float, float] = (0.99, 0.9, 0.99),
-        alpha: float = -5.0,
-        eps: float = 1e-6,
-        weight_decay: float = 1e-4,
+        lr: float | Tensor = D.ALTO.lr,
+        betas: tuple[float, float, float] = D.ALTO.betas,
+        alpha: float = D.ALTO.alpha,
+        eps: float = D.ALTO.eps,
+        weight_decay: float = D.ALTO.weight_decay,
         *,
-        trust_ratio: TrustRatioForm = "published",
-        trust_ratio_eps: tuple[float, float] = (1e-6, 1e-6),
+        trust_ratio: TrustRatioForm = D.ALTO.trust_ratio,  # type: ignore[assignment]
+        trust_ratio_eps: tuple[float, float] = D.ALTO.trust_ratio_eps,
         max_grad_norm: float | None = None,
-        on_nonfinite: NonFinitePolicy = "skip",
+        on_nonfinite: NonFinitePolicy = D.ALTO.on_nonfinite,  # type: ignore[assignment]
         foreach: bool | None = None,
         fused: bool | None = None,
+        maximize: bool = False,
         norm_reducer: NormReducer | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
@@ -97,12 +99,13 @@ class ALTO(TrustRatioAdam):
             on_nonfinite=on_nonfinite,
             foreach=foreach,
             fused=fused,
+            maximize=maximize,
             norm_reducer=norm_reducer,
             state_dtype=state_dtype,
         )
 
     def _check_group(self, group: dict[str, Any], name: Callable[[str], str]) -> None:
-        check.non_negative(name("lr"), group["lr"])
+        check.learning_rate(name("lr"), group["lr"])
         b = check.betas(name("betas"), group["betas"], 3)
         check.alpha_for(name("alpha"), group["alpha"], b[0], name("betas") + "[0]")
         check.positive(name("eps"), group["eps"])

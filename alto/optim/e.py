@@ -10,15 +10,19 @@ from __future__ import annotations
 
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from alto.optim import _dispatch, _impl_chunked, _impl_foreach
+from alto import defaults as D
+from alto.optim import _impl_single
 from alto.optim import _validate as check
-from alto.optim._base import NonFinitePolicy, global_grad_norm
-from alto.optim._impl_foreach import state_dtype
+from alto.optim._base import NonFinitePolicy
+from alto.optim._common import global_grad_norm, state_dtype
+from alto.optim._dispatch import GroupDispatch, summary
+from alto.optim._impl_single import SINGLE
 
 CARRY_KEY = "diff_carry"
 
@@ -30,34 +34,36 @@ class E(torch.optim.Optimizer):
       LR schedulers, ``add_param_group`` and group edits act on both.
     * ``step()`` replaces each ``p.grad`` by g + alpha*a for the base step, then puts
       the caller's gradient tensor back: after ``step()`` returns, ``p.grad`` is the
-      gradient the caller computed.
+      gradient the caller computed. The global optimizer step hooks fire once per
+      ``E.step()`` (for E), the base's own step hooks once for its step.
     * ``state[p]`` holds only ``"diff_carry"`` (float32, float64 for float64
-      parameters); the base keeps its own state.
+      parameters, complex for complex ones); the base keeps its own state.
     * ``state_dict()`` is the base's state dict with ``"diff_carry"`` added to each
       parameter's entry and E's hyperparameters under ``"e"``;
-      ``load_state_dict()`` restores both.
+      ``load_state_dict()`` restores both. Both run the hooks registered on E.
     * Non-finite gradients (``on_nonfinite``): "skip" (default) calls neither the
       base step nor touches the buffers and counts ``skipped_steps``; "raise"
       skips then raises FloatingPointError; "unchecked" does not look.
+    * A base built with ``differentiable=True`` gets a g~ that autograd can see
+      through (computed out of place, with grad mode on, one tensor at a time).
 
     A closure, if given, is evaluated by E before the gradients are modified;
     optimizers that must re-evaluate it inside their step (LBFGS) are rejected.
 
-    ``foreach``/``fused`` choose how g~ is built: fused=None uses the Triton
-    transform of ``alto.fused`` when every parameter is on CUDA, and contiguous CPU
-    tensors take a cache-blocked pass (both: one pass over g and c, and c advances
-    before the base step); otherwise torch foreach ops (foreach=False: one tensor at
-    a time), and c advances after the base step. ``implementation`` names the
-    device-independent choice ("fused", "foreach" or "single").
+    ``foreach``/``fused`` choose how g~ is built, per parameter group, as for ALTO
+    (``alto.optim._dispatch``): a group's own ``foreach`` key counts when E's is
+    None. ``implementation`` names what runs ("fused", "blocked", "foreach" or
+    "single"). Every path advances c in the same pass that builds g~, before the
+    base step.
     """
 
     def __init__(
         self,
         base_optimizer: torch.optim.Optimizer,
-        alpha: float = -5.0,
-        beta: float = 0.99,
+        alpha: float = D.E.alpha,
+        beta: float = D.E.b1,
         *,
-        on_nonfinite: NonFinitePolicy = "skip",
+        on_nonfinite: NonFinitePolicy = D.ALTO.on_nonfinite,  # type: ignore[assignment]
         foreach: bool | None = None,
         fused: bool | None = None,
     ) -> None:
@@ -75,13 +81,16 @@ class E(torch.optim.Optimizer):
             )
         self.beta = check.beta("beta", beta)
         self.alpha = check.alpha_for("alpha", alpha, self.beta, "beta")
-        self.on_nonfinite = check.choice(
-            "on_nonfinite", on_nonfinite, ("skip", "raise", "unchecked")
-        )
+        self.on_nonfinite = check.choice("on_nonfinite", on_nonfinite, D.NONFINITE_POLICIES)
         self.foreach = check.optional_bool("foreach", foreach)
         self.fused = check.optional_bool("fused", fused)
         if fused and foreach:
             raise ValueError("foreach=True and fused=True cannot both be set; choose one")
+        if fused and base_optimizer.defaults.get("differentiable", False):
+            raise ValueError(
+                "fused=True cannot build a differentiable g~ (the base optimizer has "
+                "differentiable=True); use fused=None or False"
+            )
         self.base = base_optimizer
         # What torch.optim.Optimizer.__init__ sets up, minus the param groups, which
         # are the base's (see the property below).
@@ -96,16 +105,36 @@ class E(torch.optim.Optimizer):
         self._warned_capturable_if_run_uncaptured = True
         self.skipped_steps = 0
         self.last_step_skipped = False
-        self._resolve_transform()
+        self._dispatch = GroupDispatch(None, self.fused)
+        self._check_params()
+        for gi, group in enumerate(self.param_groups):
+            self._impl(gi, group)  # resolve now: a bad fused=True fails here
 
-    def _resolve_transform(self) -> None:
-        """Pick the fused Triton transform (CUDA) or the torch one, as ALTO does."""
-        params = [p for g in self.param_groups for p in g["params"]]
-        fused = False if self.foreach is not None else self.fused
-        self._fused_transform = _dispatch.resolve_e_transform(fused, params)
-        self.implementation = (
-            "fused" if self._fused_transform else ("single" if self.foreach is False else "foreach")
-        )
+    # ------------------------------------------------------- implementation
+    def _differentiable(self) -> bool:
+        return bool(self.base.defaults.get("differentiable", False))
+
+    def _impl(self, index: int, group: dict[str, Any]):
+        if self._differentiable():
+            return SINGLE
+        # E's own foreach wins; else the group's (the base's) foreach key, else auto.
+        foreach = self.foreach if self.foreach is not None else group.get("foreach")
+        return self._dispatch.for_group(index, group, (foreach, self.fused))
+
+    @property
+    def implementations(self) -> list[str]:
+        """What builds g~ for each parameter group: "single", "foreach", "blocked", "fused"."""
+        return [self._impl(i, g).name for i, g in enumerate(self.param_groups)]
+
+    @property
+    def implementation(self) -> str:
+        """One name, or the groups' names joined by "+" when they differ."""
+        return summary(self.implementations)
+
+    def _check_params(self) -> None:
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                check.float_or_complex_param(p, f"param_groups[{gi}]['params'][{pi}]")
 
     # Shared with the base: always read through, so a base.load_state_dict (which
     # builds a new list) cannot split E from its base.
@@ -128,7 +157,13 @@ class E(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add the group to the base optimizer (and hence to E)."""
         self.base.add_param_group(param_group)
-        self._resolve_transform()
+        index = len(self.param_groups) - 1
+        try:
+            self._check_params()
+            self._impl(index, self.param_groups[index])
+        except Exception:
+            self.param_groups.pop()
+            raise
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.base.zero_grad(set_to_none=set_to_none)
@@ -138,6 +173,10 @@ class E(torch.optim.Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        if "_dispatch" not in self.__dict__:
+            self._dispatch = GroupDispatch(None, self.__dict__.get("fused"))
+        self.__dict__.pop("_fused_transform", None)
+        self._patch_step_function()
 
     def __repr__(self) -> str:
         return f"E(alpha={self.alpha}, beta={self.beta}, base={self.base!r})"
@@ -151,40 +190,36 @@ class E(torch.optim.Optimizer):
             )
         return st[CARRY_KEY]
 
-    def _collect(self) -> tuple[list[Tensor], list[Tensor]]:
-        params, grads = [], []
+    def _collect(self) -> list[tuple[Any, list[Tensor], list[Tensor]]]:
+        plan = []
         for gi, group in enumerate(self.param_groups):
+            params, grads = [], []
             for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 where = f"param_groups[{gi}]['params'][{pi}]"
                 check.dense_grad(p, where)
-                check.float_param(p, where)
+                check.float_or_complex_param(p, where)
                 params.append(p)
                 grads.append(p.grad)
-        return params, grads
+            if params:
+                plan.append((self._impl(gi, group), params, grads))
+        return plan
 
-    def _explored_grads(self, grads: list[Tensor], carries: list[Tensor]) -> list[Tensor]:
-        """g~ = g + alpha a_k = (1 + alpha(1-beta)) g + alpha c_k, as new tensors."""
-        g = [x if x.dtype == c.dtype else x.to(c.dtype) for x, c in zip(grads, carries)]
-        s = 1.0 + self.alpha * (1.0 - self.beta)
-        if self.foreach is False:
-            out = [gi * s + self.alpha * ci for gi, ci in zip(g, carries)]
-        else:
-            out = torch._foreach_mul(g, s)
-            torch._foreach_add_(out, carries, alpha=self.alpha)
-        return [o if o.dtype == x.dtype else o.to(x.dtype) for o, x in zip(out, grads)]
-
-    def _advance_carries(self, grads: list[Tensor], carries: list[Tensor]) -> None:
-        """c_{k+1} = beta c_k - (1-beta)^2 g_k."""
-        g = [x if x.dtype == c.dtype else x.to(c.dtype) for x, c in zip(grads, carries)]
-        w = -((1.0 - self.beta) ** 2)
-        if self.foreach is False:
-            for c, gi in zip(carries, g):
-                c.mul_(self.beta).add_(gi, alpha=w)
-        else:
-            torch._foreach_mul_(carries, self.beta)
-            torch._foreach_add_(carries, g, alpha=w)
+    def _explore(self, impl: Any, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+        """g~ for one group; advances the carries."""
+        carries = [self._carry(p) for p in params]
+        if not self._differentiable():
+            return impl.e_transform(grads, carries, b1=self.beta, alpha=self.alpha)
+        out = []
+        with torch.enable_grad():
+            for p, g, c in zip(params, grads, carries):
+                g_tilde, c_next = _impl_single.explore(
+                    g.to(c.dtype), c, b1=self.beta, alpha=self.alpha
+                )
+                self.state[p][CARRY_KEY] = c_next
+                out.append(g_tilde.to(g.dtype))
+        return out
 
     @torch.no_grad()
     def step(self, closure: Callable[[], Any] | None = None) -> Any:
@@ -193,7 +228,8 @@ class E(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params, grads = self._collect()
+        plan = self._collect()
+        grads = [g for _, _, gs in plan for g in gs]
         self.last_step_skipped = False
         checked = bool(grads) and self.on_nonfinite != "unchecked"
         if checked and not bool(torch.isfinite(global_grad_norm(grads))):  # one host read
@@ -205,43 +241,55 @@ class E(torch.optim.Optimizer):
                     "not called and no state changed (on_nonfinite='raise')"
                 )
             return loss
-        carries = [self._carry(p) for p in params]
-        # One pass over g and c that also advances c (before the base step), by the
-        # Triton kernel on CUDA or cache-blocked on the CPU; else two foreach passes.
-        advanced = True
-        if self._fused_transform is not None:
-            explored = [torch.empty_like(g) for g in grads]
-            self._fused_transform(grads, carries, explored, b1=self.beta, alpha=self.alpha)
-        elif (
-            self.foreach is not False
-            and _impl_foreach.CPU_BLOCKED
-            and _impl_chunked.applicable(grads, carries)
-        ):
-            explored = _impl_chunked.e_transform(grads, carries, b1=self.beta, alpha=self.alpha)
-        else:
-            explored = self._explored_grads(grads, carries)
-            advanced = False
-        for p, g in zip(params, explored):
-            p.grad = g
-        try:
-            self.base.step()
-        finally:
-            for p, g in zip(params, grads):
+        swapped: list[tuple[Tensor, Tensor]] = []
+        for impl, params, group_grads in plan:
+            explored = self._explore(impl, params, group_grads)
+            swapped.extend(zip(params, group_grads))
+            for p, g in zip(params, explored):
                 p.grad = g
-        if not advanced:
-            # Advanced after the base step succeeded: a failing base leaves E intact.
-            self._advance_carries(grads, carries)
+        try:
+            self._base_step()
+        finally:
+            for p, g in swapped:
+                p.grad = g
         return loss
+
+    def _base_step(self) -> None:
+        """The base's step with its own step hooks but not the global ones, which
+        already ran once for this E.step() (torch wraps every optimizer class's step
+        in a function that runs the global hooks, then the instance's)."""
+        base = self.base
+        hooked = type(base).step
+        raw = getattr(hooked, "__wrapped__", None)
+        if raw is None or not getattr(hooked, "hooked", False):
+            base.step()
+            return
+        args: tuple[Any, ...] = (base,)
+        kwargs: dict[str, Any] = {}
+        for pre_hook in base._optimizer_step_pre_hooks.values():
+            result = pre_hook(base, args, kwargs)
+            if result is not None:
+                args, kwargs = result
+        raw(*args, **kwargs)
+        base._optimizer_step_code()
+        for post_hook in base._optimizer_step_post_hooks.values():
+            post_hook(base, args, kwargs)
 
     # ------------------------------------------------------------ checkpoints
     def _flat_params(self) -> list[Tensor]:
         return [p for g in self.param_groups for p in g["params"]]
 
     def state_dict(self) -> dict[str, Any]:
-        """The base's state dict plus E's carries (per-param "diff_carry") and "e"."""
+        """The base's state dict plus E's carries (per-param "diff_carry") and "e".
+
+        Runs the state-dict hooks registered on E (the base's run inside the base's
+        own ``state_dict``)."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
         sd = self.base.state_dict()
         state = dict(sd["state"])
-        for index, p in enumerate(self._flat_params()):
+        ids = chain.from_iterable(g["params"] for g in sd["param_groups"])
+        for index, p in zip(ids, self._flat_params()):
             carry = self.state.get(p, {}).get(CARRY_KEY)
             if carry is None:
                 continue
@@ -256,13 +304,22 @@ class E(torch.optim.Optimizer):
         out = dict(sd)
         out["state"] = state
         out["e"] = {"alpha": self.alpha, "beta": self.beta}
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            result = post_hook(self, out)
+            if result is not None:
+                out = result
         return out
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the base's state and E's carries from ``state_dict()``'s output."""
+        """Restore the base's state and E's carries from ``state_dict()``'s output,
+        running the load-state-dict hooks registered on E."""
         if not isinstance(state_dict, dict) or "state" not in state_dict:
             raise TypeError("state_dict must be a dict produced by E.state_dict()")
         sd = dict(state_dict)
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            result = pre_hook(self, sd)
+            if result is not None:
+                sd = dict(result)
         meta = sd.pop("e", None)
         base_state, carries = {}, {}
         for index, entry in sd["state"].items():
@@ -272,14 +329,18 @@ class E(torch.optim.Optimizer):
             if entry:
                 base_state[index] = entry
         sd["state"] = base_state
+        ids = list(chain.from_iterable(g["params"] for g in sd["param_groups"]))
         self.base.load_state_dict(sd)
-        params = self._flat_params()
+        by_id = dict(zip(ids, self._flat_params()))
         self.state = defaultdict(dict)
         for index, carry in carries.items():
-            p = params[index]
-            self.state[p][CARRY_KEY] = carry.to(device=p.device, dtype=state_dtype(p)).clone()
+            p = by_id[index]
+            c = carry.to(device=p.device, dtype=state_dtype(p))
+            self.state[p][CARRY_KEY] = c.clone() if c is carry else c
         if meta is not None:
             self.beta = check.beta("state_dict['e']['beta']", meta["beta"])
             self.alpha = check.alpha_for(
                 "state_dict['e']['alpha']", meta["alpha"], self.beta, "beta"
             )
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)

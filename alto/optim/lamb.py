@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from alto import defaults as D
 from alto.optim import _validate as check
 from alto.optim._base import NonFinitePolicy, NormReducer, TrustRatioAdam, TrustRatioForm
 
@@ -33,17 +34,18 @@ class Lamb(TrustRatioAdam):
     def __init__(
         self,
         params: Iterable[Tensor] | Iterable[dict[str, Any]],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-6,
-        weight_decay: float = 0.01,
+        lr: float | Tensor = D.LAMB.lr,
+        betas: tuple[float, float] = D.LAMB.betas,
+        eps: float = D.LAMB.eps,
+        weight_decay: float = D.LAMB.weight_decay,
         *,
-        trust_ratio: TrustRatioForm = "published",
-        trust_ratio_eps: tuple[float, float] = (1e-6, 1e-6),
+        trust_ratio: TrustRatioForm = D.ALTO.trust_ratio,  # type: ignore[assignment]
+        trust_ratio_eps: tuple[float, float] = D.ALTO.trust_ratio_eps,
         max_grad_norm: float | None = None,
-        on_nonfinite: NonFinitePolicy = "skip",
+        on_nonfinite: NonFinitePolicy = D.ALTO.on_nonfinite,  # type: ignore[assignment]
         foreach: bool | None = None,
         fused: bool | None = None,
+        maximize: bool = False,
         norm_reducer: NormReducer | None = None,
         state_dtype: torch.dtype | None = None,
     ) -> None:
@@ -57,12 +59,13 @@ class Lamb(TrustRatioAdam):
             on_nonfinite=on_nonfinite,
             foreach=foreach,
             fused=fused,
+            maximize=maximize,
             norm_reducer=norm_reducer,
             state_dtype=state_dtype,
         )
 
     def _check_group(self, group: dict[str, Any], name: Callable[[str], str]) -> None:
-        check.non_negative(name("lr"), group["lr"])
+        check.learning_rate(name("lr"), group["lr"])
         check.betas(name("betas"), group["betas"], 2)
         check.positive(name("eps"), group["eps"])
         check.non_negative(name("weight_decay"), group["weight_decay"])

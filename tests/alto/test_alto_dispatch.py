@@ -68,8 +68,10 @@ def test_fused_path_is_driven_by_alto_and_e() -> None:
 
 def test_cpu_dispatch_defaults() -> None:
     p = [torch.nn.Parameter(torch.ones(2))]
-    assert ALTO(p).implementation == "foreach"
+    assert ALTO(p).implementation == "blocked"
+    assert ALTO(p, foreach=True).implementation == "foreach"
     assert ALTO(p, foreach=False).implementation == "single"
-    assert ALTO(p, fused=False).implementation == "foreach"
+    assert ALTO(p, fused=False).implementation == "blocked"
     assert Lamb(p, foreach=False).implementation == "single"
-    assert E(torch.optim.SGD(p, lr=0.1)).implementation == "foreach"
+    assert E(torch.optim.SGD(p, lr=0.1)).implementation == "blocked"
+    assert E(torch.optim.SGD(p, lr=0.1), foreach=True).implementation == "foreach"

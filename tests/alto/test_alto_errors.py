@@ -116,7 +116,7 @@ def test_e_errors() -> None:
         E(base, foreach=True, fused=True)
     with pytest.raises(ValueError, match=r"fused=True needs every parameter on a CUDA device"):
         E(base, fused=True)
-    assert E(base).implementation == "foreach"
+    assert E(base).implementation == "blocked"
     assert E(base, foreach=False).implementation == "single"
 
 

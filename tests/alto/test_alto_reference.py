@@ -7,7 +7,7 @@ import torch
 from alto_reference import RefALTO, RefE, RefGroup
 
 from alto import ALTO, E, Lamb
-from alto.optim import _impl_chunked, _impl_foreach
+from alto.optim import _impl_blocked
 
 STEPS = 100
 
@@ -16,14 +16,14 @@ STEPS = 100
 PATHS = ["blocked", "foreach", "single"]
 
 
+FOREACH_ARG = {"blocked": None, "foreach": True, "single": False}
+
+
 @pytest.fixture(params=PATHS)
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Select a code path; returns the ``foreach`` argument to pass."""
-    if request.param == "blocked":
-        monkeypatch.setattr(_impl_chunked, "CHUNK", 7)
-    else:
-        monkeypatch.setattr(_impl_foreach, "CPU_BLOCKED", False)
-    return request.param != "single"
+def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool | None:
+    """Select a code path; returns the ``foreach`` argument that picks it."""
+    monkeypatch.setattr(_impl_blocked, "CHUNK", 7)
+    return FOREACH_ARG[request.param]
 
 
 SHAPES = [(6, 5), (7,), (3, 4, 2), (5, 3), (9,)]

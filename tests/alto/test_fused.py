@@ -21,7 +21,7 @@ pytest.importorskip("triton")
 
 from alto.fused import _layout
 from alto.fused import _ops as fused
-from alto.optim import _impl_foreach as foreach
+from alto.optim._impl_foreach import FOREACH as foreach
 
 HYPER = dict(b1=0.9, b2=0.9, b3=0.999, alpha=0.5, eps=1e-6)
 CUDA = torch.cuda.is_available()
@@ -71,9 +71,10 @@ class Run:
 
     def step(self, impl, grads, *, lr=1e-2, weight_decay=0.01, grad_scale=None, hyper=HYPER):
         with_norms = weight_decay != 0.0
+        ws = {"workspace": {}} if impl is not fused else {}
         sq = impl.moments_and_sq_norms(
             self.params, grads, self.m, self.v, self.c, self.steps,
-            weight_decay=weight_decay, with_norms=with_norms, grad_scale=grad_scale, **hyper,
+            weight_decay=weight_decay, with_norms=with_norms, grad_scale=grad_scale, **hyper, **ws,
         )  # fmt: skip
         ratios = None
         if with_norms:
@@ -81,7 +82,7 @@ class Run:
             ratios = published_ratios(sq)
         impl.apply_update(
             self.params, self.m, self.v, self.steps, lr=lr, b2=hyper["b2"], b3=hyper["b3"],
-            eps=hyper["eps"], weight_decay=weight_decay, ratios=ratios,
+            eps=hyper["eps"], weight_decay=weight_decay, ratios=ratios, **ws,
         )  # fmt: skip
 
     def tensors(self):
@@ -392,7 +393,7 @@ def test_e_class_fused_on_cpu_interpreter_equals_foreach(monkeypatch):
     pa, pb = _model_params(1, CLASS_SHAPES), _model_params(1, CLASS_SHAPES)
     oa = E(torch.optim.AdamW(pa, lr=1e-2), alpha=-2.0, beta=0.9, fused=True)
     ob = E(torch.optim.AdamW(pb, lr=1e-2), alpha=-2.0, beta=0.9, fused=False)
-    assert oa.implementation == "fused" and ob.implementation == "foreach"
+    assert oa.implementation == "fused" and ob.implementation == "blocked"
     for k in range(3):
         _set_grads(pa, k)
         _set_grads(pb, k)
@@ -411,7 +412,7 @@ def test_fused_true_on_cpu_without_interpreter_is_refused(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     with pytest.raises(ValueError, match="fused=True needs every parameter on a CUDA device"):
         ALTO(_model_params(2, [(3,)]), fused=True)
-    assert ALTO(_model_params(2, [(3,)])).implementation == "foreach"
+    assert ALTO(_model_params(2, [(3,)])).implementation == "blocked"
 
 
 def _needs_state_dtype() -> None:
