@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import uvicorn
@@ -35,13 +37,23 @@ def resolve_ray_address(settings: Settings) -> str | None:
     return address.rstrip("/")
 
 
+class _Terminated(BaseException):
+    """SIGTERM arrived: unwind like KeyboardInterrupt does for SIGINT, so `finally` runs."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated(signum)
+
+
 def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None = None) -> None:
-    """Run the service until interrupted.
+    """Run the service until interrupted (SIGINT or SIGTERM).
 
     SQLite in `settings.data_dir` unless a database URL is given; a local Ray head is
-    started (and stopped on exit) when neither `settings.ray_address` nor RAY_ADDRESS is
-    set. Prints the URL and a token to use: ALTO_ADMIN_TOKEN when set, else a fresh
-    admin token.
+    started when neither `settings.ray_address` nor RAY_ADDRESS is set: token auth,
+    loopback only, its own temp dir (see `service.localray`). It is stopped on SIGINT
+    and SIGTERM alike; after a crash, the next start with the same data directory
+    re-attaches to it. Prints the URL and a token to use: ALTO_ADMIN_TOKEN when set,
+    else a fresh admin token.
     """
     settings = (settings or Settings()).model_copy()
     if not (0 < port < 65536):
@@ -49,24 +61,50 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if settings.public_url is None:
         settings.public_url = f"http://{_url_host(host)}:{port}"
+    # uvicorn handles SIGTERM like SIGINT, then re-raises it with the handler it found
+    # installed; with the default one the process would die before the `finally` that
+    # stops the Ray head, so SIGTERM raises _Terminated here, as SIGINT raises
+    # KeyboardInterrupt (from the start on: the head's start-up is covered too)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     head: LocalRayHead | None = None
-    address = resolve_ray_address(settings)
-    if address is None:
-        head = LocalRayHead(log_path=Path(settings.data_dir) / "ray-head.log")
-        print(f"starting a local Ray head (log: {head.log_path}) ...", file=sys.stderr, flush=True)
-        head.start()
-        address = head.dashboard_url
-    settings.ray_address = address
+    terminated = False
     try:
+        address = resolve_ray_address(settings)
+        if address is None:
+            head = LocalRayHead(
+                log_path=Path(settings.data_dir) / "ray-head.log", data_dir=settings.data_dir
+            )
+            print(
+                f"starting a local Ray head (log: {head.log_path}) ...", file=sys.stderr, flush=True
+            )
+            head.start()
+            if head.reattached:
+                print(f"re-attached to the local Ray head (pid {head.pid})", file=sys.stderr)
+            address = head.dashboard_url
+            settings.ray_auth_token = head.auth_token
+        settings.ray_address = address
         token = settings.admin_token or create_token(settings, ADMIN_OWNER, admin=True)
         app = create_app(settings)
         print(f"ALTO service: {settings.public_url}  (Ray job API: {address})", flush=True)
         print(f"token: {token}", flush=True)
         print(f"  export ALTO_URL={settings.public_url} ALTO_TOKEN={token}", flush=True)
         uvicorn.run(app, host=host, port=port, log_level="warning")
+    except _Terminated:
+        terminated = True
     finally:
-        if head is not None:
-            head.stop()
+        if main_thread:  # a second SIGTERM must not cut the cleanup short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        try:
+            if head is not None:
+                head.stop()
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous or signal.SIG_DFL)
+    if terminated:
+        # end as SIGTERM asks (exit status 128+15 to whoever waits for us), cleanup done
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def main() -> None:
