@@ -1,16 +1,19 @@
 """Audit the installed Python distributions against a vendored, offline advisory snapshot.
 
-Why: the package index this project reaches (and CI with it) serves no vulnerability
-data: its JSON API has no per-release endpoint and the project-level `vulnerabilities`
-lists are empty, and api.osv.dev does not resolve. `pip-audit` there skips every
-package ("not found on PyPI") and still exits 0, so it audits nothing while looking
-green. This script needs no network: it matches what is installed against
-deploy/advisories/pypa-snapshot.json, a trimmed copy of the PyPA advisory database (OSV
-records; refreshed by deploy/audit_refresh.py on a machine that can reach GitHub).
+Why: the package index this project reaches (and CI with it) has no per-release JSON
+endpoint (/pypi/<name>/<version>/json is 404; only the project-level document, whose
+`vulnerabilities` describe the latest release alone), and api.osv.dev does not resolve.
+`pip-audit` there skips every package ("not found on PyPI") and still exits 0, so it
+audits nothing while looking green. This script needs no network: it matches what is
+installed against deploy/advisories/pypa-snapshot.json, a trimmed copy of the PyPA
+advisory database (OSV records; refreshed by deploy/audit_refresh.py on a machine that
+can reach GitHub). `--index` adds the index's latest-release data, which can be newer
+than the snapshot, for the packages installed at their latest release.
 
     python deploy/audit.py                          # the running interpreter's environment
     python deploy/audit.py -r deploy/constraints.txt  # exact pins (name==version) in a file
     python deploy/audit.py --json                   # one JSON object on stdout
+    python deploy/audit.py --index                  # plus the index's latest-release data
 
 A finding is accepted when deploy/audit-allowlist.toml names its advisory (by id or by
 any alias) with a reason and an expiry date that has not passed. Exit status: 0 when
@@ -33,7 +36,10 @@ import json
 import re
 import sys
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -45,6 +51,7 @@ from packaging.version import InvalidVersion, Version
 DEPLOY_DIR = Path(__file__).resolve().parent
 DEFAULT_SNAPSHOT = DEPLOY_DIR / "advisories" / "pypa-snapshot.json"
 DEFAULT_ALLOWLIST = DEPLOY_DIR / "audit-allowlist.toml"
+DEFAULT_INDEX_JSON = "https://pypi.org/pypi"
 SNAPSHOT_FORMAT = 1
 _RANGE_TYPES = frozenset({"ECOSYSTEM", "SEMVER"})
 # the order events of one version are applied in: an empty range "introduced X, fixed X"
@@ -233,6 +240,80 @@ def one_line(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+# --- the index's own data (latest releases only) ----------------------------------------
+
+
+@dataclass
+class IndexCheck:
+    findings: list[Finding] = field(default_factory=list)
+    checked: list[str] = field(default_factory=list)  # installed at the latest release
+    not_latest: list[str] = field(default_factory=list)  # the index says nothing on these
+    not_on_index: list[str] = field(default_factory=list)
+
+
+def _project_json(base_url: str, name: str, timeout: float) -> dict[str, Any] | None:
+    url = f"{base_url.rstrip('/')}/{normalize_name(name)}/json"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return json.load(response)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise AuditError(f"{url}: HTTP {exc.code}") from exc
+    except (OSError, ValueError) as exc:
+        raise AuditError(f"{url}: {exc}") from exc
+
+
+def index_check(packages: Mapping[str, str], base_url: str, timeout: float = 60) -> IndexCheck:
+    """The `vulnerabilities` of the index's project JSON, for the packages installed at
+    the release it calls latest.
+
+    PyPI's JSON API lists there the advisories of the project's latest release only, and
+    the index reachable from this project's machines has no per-release endpoint
+    (/pypi/<name>/<version>/json is 404), so nothing is learnt about other releases: they
+    are returned in `not_latest` for the vendored snapshot alone to judge.
+    """
+    names = sorted(packages)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        documents = list(pool.map(lambda n: _project_json(base_url, n, timeout), names))
+    result = IndexCheck()
+    for name, document in zip(names, documents):
+        if document is None:
+            result.not_on_index.append(name)
+            continue
+        installed = parse_version(packages[name])
+        latest = parse_version(str(document.get("info", {}).get("version", "")))
+        if installed is None or latest is None or Version(installed.public) != latest:
+            result.not_latest.append(name)
+            continue
+        result.checked.append(name)
+        for vuln in document.get("vulnerabilities") or ():
+            if vuln.get("withdrawn"):
+                continue
+            result.findings.append(
+                Finding(
+                    package=name,
+                    version=packages[name],
+                    id=vuln["id"],
+                    aliases=tuple(vuln.get("aliases") or ()),
+                    fixed=tuple(vuln.get("fixed_in") or ()),
+                    summary=one_line(vuln.get("summary") or vuln.get("details") or ""),
+                )
+            )
+    return result
+
+
+def merge_findings(first: list[Finding], second: Iterable[Finding]) -> list[Finding]:
+    """`first` plus the findings of `second` that are not the same advisory (an id or
+    alias in common) on the same package as one already there."""
+    merged = list(first)
+    for finding in second:
+        key = normalize_name(finding.package)
+        if not any(normalize_name(f.package) == key and f.names & finding.names for f in merged):
+            merged.append(finding)
+    return merged
+
+
 # --- allowlist --------------------------------------------------------------------------
 
 
@@ -390,6 +471,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshot", type=Path, default=DEFAULT_SNAPSHOT)
     parser.add_argument("--allowlist", type=Path, default=DEFAULT_ALLOWLIST)
     parser.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    parser.add_argument(
+        "--index",
+        nargs="?",
+        const=DEFAULT_INDEX_JSON,
+        metavar="JSON_API",
+        help="also read the index's project JSON (default %(const)s) for advisories newer "
+        "than the snapshot; it covers only packages installed at their latest release",
+    )
     parser.add_argument("--today", type=dt.date.fromisoformat, default=dt.date.today())
     args = parser.parse_args(argv)
 
@@ -403,6 +492,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             packages = installed_distributions(args.path)
         findings, uncovered = audit(packages, snapshot)
+        from_index = index_check(packages, args.index) if args.index else None
+        if from_index is not None:
+            findings = merge_findings(findings, from_index.findings)
     except AuditError as exc:
         print(f"audit: {exc}", file=sys.stderr)
         return 2
@@ -420,6 +512,13 @@ def main(argv: list[str] | None = None) -> int:
             "unused_acceptances": [a.id for a in verdict.unused],
             "status": status,
         }
+        if from_index is not None:
+            report["index"] = {
+                "url": args.index,
+                "checked": from_index.checked,
+                "not_latest": from_index.not_latest,
+                "not_on_index": from_index.not_on_index,
+            }
         print(json.dumps(report, indent=2, default=str))
         return status
 
@@ -433,6 +532,13 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"audit: the snapshot has no data on {', '.join(uncovered)}: refresh it "
             "(deploy/advisories/README.md) so they are audited too",
+        )
+    if from_index is not None:
+        print(
+            f"audit: the index at {args.index} has advisory data for {len(from_index.checked)} "
+            f"of them (installed at their latest release); {len(from_index.not_latest)} are not at "
+            f"their latest release ({', '.join(from_index.not_latest) or '-'}), "
+            f"{len(from_index.not_on_index)} are not on it"
         )
     print(
         f"audit: {len(packages)} distributions against {snapshot.describe()}: "

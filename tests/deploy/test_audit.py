@@ -5,10 +5,14 @@ against this virtual environment with the vendored snapshot."""
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import importlib.util
 import json
+import socket
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -368,6 +372,96 @@ def test_main_json(
             "accepted_reason": None,
         }
     ]
+
+
+# --- the index's latest-release data ----------------------------------------------------
+
+
+@pytest.fixture
+def json_index() -> Iterator[tuple[str, dict[str, Any]]]:
+    """A local HTTP server answering /pypi/<name>/json from a dict (404 otherwise)."""
+    documents: dict[str, Any] = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            name = self.path.removeprefix("/pypi/").removesuffix("/json")
+            if name not in documents:
+                self.send_error(404)
+                return
+            body = json.dumps(documents[name]).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/pypi", documents
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def project(latest: str, *vulns: dict[str, Any]) -> dict[str, Any]:
+    return {"info": {"version": latest}, "vulnerabilities": list(vulns)}
+
+
+def test_index_check_uses_latest_release_data_only(
+    audit: ModuleType, json_index: tuple[str, dict[str, Any]]
+) -> None:
+    url, documents = json_index
+    vuln = {"id": "GHSA-new", "aliases": ["CVE-2026-9"], "fixed_in": ["2.1"], "summary": "s"}
+    withdrawn = {"id": "GHSA-old", "aliases": [], "withdrawn": "2026-01-01T00:00:00Z"}
+    documents["typing-extensions"] = project("2.0", vuln, withdrawn)
+    documents["six"] = project("1.17.0", vuln)  # installed 1.16: says nothing about it
+    documents["torch"] = project("2.13.0", vuln)  # local label: same release
+    result = audit.index_check(
+        {"Typing_Extensions": "2.0.0", "six": "1.16", "torch": "2.13.0+cpu", "gone": "1"}, url
+    )
+    assert [(f.package, f.id, f.aliases, f.fixed) for f in result.findings] == [
+        ("Typing_Extensions", "GHSA-new", ("CVE-2026-9",), ("2.1",)),
+        ("torch", "GHSA-new", ("CVE-2026-9",), ("2.1",)),
+    ]
+    assert result.checked == ["Typing_Extensions", "torch"]
+    assert result.not_latest == ["six"]
+    assert result.not_on_index == ["gone"]
+
+
+def test_index_findings_merge_with_the_snapshot_by_alias(
+    audit: ModuleType,
+    demo_snapshot: Any,
+    json_index: tuple[str, dict[str, Any]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url, documents = json_index
+    same = {"id": "GHSA-aaaa", "aliases": ["PYSEC-1"], "fixed_in": ["4.0"]}
+    new = {"id": "GHSA-bbbb", "aliases": [], "fixed_in": [], "details": "newer than the snapshot"}
+    documents["typing-extensions"] = project("3.9", same, new)
+    status = run_main(
+        audit, tmp_path, demo_snapshot, "typing-extensions==3.9\n", "--index", url, "--json"
+    )
+    report = json.loads(capsys.readouterr().out)
+    assert status == 1
+    assert [f["id"] for f in report["open"]] == ["PYSEC-1", "GHSA-bbbb"]
+    assert report["index"]["checked"] == ["typing-extensions"]
+
+
+def test_an_unreachable_index_fails_the_audit(
+    audit: ModuleType, demo_snapshot: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/pypi"
+    assert run_main(audit, tmp_path, demo_snapshot, "six==1.0\n", "--index", url) == 2
+    assert url in capsys.readouterr().err
 
 
 # --- refresh ----------------------------------------------------------------------------
