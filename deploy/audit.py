@@ -424,7 +424,10 @@ def installed_distributions(path: list[str] | None = None) -> dict[str, str]:
 def pinned_requirements(path: Path) -> dict[str, str]:
     """Name -> version of a requirements or constraints file whose every requirement is
     pinned with `==` (or `===`); pip options other than --hash are refused."""
-    text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    try:
+        text = path.read_text(encoding="utf-8").replace("\\\n", " ")
+    except OSError as exc:
+        raise AuditError(f"cannot read {path}: {exc}") from exc
     pins: dict[str, str] = {}
     problems = []
     for lineno, raw in enumerate(text.splitlines(), 1):

@@ -309,6 +309,8 @@ def test_pinned_requirements(audit: ModuleType, tmp_path: Path) -> None:
         path.write_text(bad + "\n", encoding="utf-8")
         with pytest.raises(audit.AuditError):
             audit.pinned_requirements(path)
+    with pytest.raises(audit.AuditError, match="cannot read"):
+        audit.pinned_requirements(tmp_path / "missing.txt")
 
 
 def run_main(audit: ModuleType, tmp_path: Path, snapshot: Any, reqs: str, *args: str) -> int:
