@@ -10,12 +10,13 @@ exactly as ``adam`` does.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 from megatron.core.optimizer.optimizer_config import OptimizerConfig
 
+from alto import defaults as D
+
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "alto", "e")
-TRUST_RATIO_FORMS: tuple[str, ...] = ("published", "paper")
+TRUST_RATIO_FORMS: tuple[str, ...] = D.TRUST_RATIO_FORMS
 
 
 @dataclasses.dataclass
@@ -38,37 +39,41 @@ class AltoOptimizerConfig(OptimizerConfig):
     megatron's: ALTO itself clips nothing and checks nothing inside megatron.
     """
 
-    alto_alpha: float = -5.0
+    # Defaults and bounds: alto.defaults (one module for the optimizers, this
+    # config and the job spec; tests/alto/test_hyperparams.py pins them together).
+
+    alto_alpha: float = D.ALTO.alpha
     """Acceleration factor alpha; |alpha| < 1/(1 - alto_beta1)."""
 
-    alto_beta1: float = 0.99
+    alto_beta1: float = D.ALTO.b1
     """EMA factor of the gradient difference (b1)."""
 
-    alto_beta2: float = 0.9
+    alto_beta2: float = D.ALTO.b2
     """First-moment EMA factor (b2)."""
 
-    alto_beta3: float = 0.99
+    alto_beta3: float = D.ALTO.b3
     """Second-moment EMA factor (b3)."""
 
-    alto_eps: float = 1e-6
+    alto_eps: float = D.ALTO.eps
     """Added to sqrt(v_hat)."""
 
-    alto_trust_ratio: str = "published"
+    alto_trust_ratio: str = D.ALTO.trust_ratio
     """"published" (||theta||/||r||, the authors' code) or "paper" (with safeguards)."""
 
-    alto_trust_ratio_eps: tuple[float, float] = (1e-6, 1e-6)
+    alto_trust_ratio_eps: tuple[float, float] = D.ALTO.trust_ratio_eps
     """(eps2, eps3) of the paper's trust-ratio form."""
 
     alto_foreach: bool | None = None
-    """None/True: multi-tensor step; False: single-tensor step."""
+    """None: the fastest path for the tensors (fused, CPU-blocked or foreach);
+    True: torch's multi-tensor ops; False: single-tensor step."""
 
     alto_fused: bool | None = None
     """None: fused Triton step when all parameters are on CUDA and triton loads."""
 
-    e_alpha: float = -5.0
+    e_alpha: float = D.E.alpha
     """E's acceleration factor alpha; |alpha| < 1/(1 - e_beta)."""
 
-    e_beta: float = 0.99
+    e_beta: float = D.E.b1
     """E's EMA factor of the gradient difference."""
 
     def __post_init__(self) -> None:
@@ -86,34 +91,36 @@ class AltoOptimizerConfig(OptimizerConfig):
             return
         for name in ("alto_beta1", "alto_beta2", "alto_beta3"):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and 0.0 <= value < 1.0):
-                raise ValueError(f"AltoOptimizerConfig.{name}={value!r} must be in [0, 1)")
-        bound = 1.0 / (1.0 - self.alto_beta1)
-        if not (math.isfinite(self.alto_alpha) and abs(self.alto_alpha) < bound):
+            if not (isinstance(value, int | float) and D.EMA.contains(value)):
+                raise ValueError(f"AltoOptimizerConfig.{name}={value!r} must be {D.EMA.describe()}")
+        if not D.alpha_allowed(self.alto_alpha, self.alto_beta1):
             raise ValueError(
                 f"AltoOptimizerConfig.alto_alpha={self.alto_alpha!r} must satisfy "
-                f"|alpha| < 1/(1 - alto_beta1) = {bound:g}"
+                f"|alpha| < 1/(1 - alto_beta1) = {D.alpha_bound(self.alto_beta1):g}"
             )
-        if not self.alto_eps > 0:
-            raise ValueError(f"AltoOptimizerConfig.alto_eps={self.alto_eps!r} must be > 0")
+        if not D.POSITIVE.contains(self.alto_eps):
+            raise ValueError(
+                f"AltoOptimizerConfig.alto_eps={self.alto_eps!r} must be {D.POSITIVE.describe()}"
+            )
         if self.alto_trust_ratio not in TRUST_RATIO_FORMS:
             raise ValueError(
                 f"AltoOptimizerConfig.alto_trust_ratio={self.alto_trust_ratio!r} is not "
                 f"supported; allowed: {', '.join(repr(f) for f in TRUST_RATIO_FORMS)}"
             )
-        if self.lr is None or self.lr < 0:
+        if self.lr is None or not D.NON_NEGATIVE.contains(self.lr):
             raise ValueError(f"AltoOptimizerConfig.lr={self.lr!r} must be a number >= 0")
-        if self.weight_decay < 0:
+        if not D.NON_NEGATIVE.contains(self.weight_decay):
             raise ValueError(f"AltoOptimizerConfig.weight_decay={self.weight_decay!r} must be >= 0")
 
     def _check_e(self) -> None:
-        if not (isinstance(self.e_beta, int | float) and 0.0 <= self.e_beta < 1.0):
-            raise ValueError(f"AltoOptimizerConfig.e_beta={self.e_beta!r} must be in [0, 1)")
-        bound = 1.0 / (1.0 - self.e_beta)
-        if not (math.isfinite(self.e_alpha) and abs(self.e_alpha) < bound):
+        if not (isinstance(self.e_beta, int | float) and D.EMA.contains(self.e_beta)):
+            raise ValueError(
+                f"AltoOptimizerConfig.e_beta={self.e_beta!r} must be {D.EMA.describe()}"
+            )
+        if not D.alpha_allowed(self.e_alpha, self.e_beta):
             raise ValueError(
                 f"AltoOptimizerConfig.e_alpha={self.e_alpha!r} must satisfy "
-                f"|alpha| < 1/(1 - e_beta) = {bound:g}"
+                f"|alpha| < 1/(1 - e_beta) = {D.alpha_bound(self.e_beta):g}"
             )
 
     def _check_alto_compatible(self) -> None:
