@@ -148,10 +148,13 @@ def _fused_available() -> bool:
 def candidates(device: torch.device, with_reference: bool) -> dict[str, Callable]:
     """Optimizers to time against the baselines (see ``baselines``)."""
     cuda = device.type == "cuda"
-    c: dict[str, Callable] = {
-        "alto_foreach": lambda g: ALTO(g, lr=1e-3, foreach=True, fused=False),
-        "alto_single": lambda g: ALTO(g, lr=1e-3, foreach=False, fused=False),
-    }
+    # Each row is named by the implementation that runs it (opt.implementation,
+    # checked when the row is built): the default is "blocked" on the CPU.
+    c: dict[str, Callable] = {}
+    if not cuda:
+        c["alto_blocked"] = lambda g: ALTO(g, lr=1e-3)
+    c["alto_foreach"] = lambda g: ALTO(g, lr=1e-3, foreach=True)
+    c["alto_single"] = lambda g: ALTO(g, lr=1e-3, foreach=False)
     if cuda and _fused_available():
         c["alto_fused"] = lambda g: ALTO(g, lr=1e-3, fused=True)
     base = "fused" if cuda else "foreach"
@@ -206,6 +209,9 @@ def run(
     for name, make in chosen.items():
         opts = {b: mk([dict(g) for g in groups]) for b, mk in base_makers.items()}
         opts[name] = make([dict(g) for g in groups])
+        implementation = getattr(opts[name], "implementation", None)
+        if name.startswith("alto_"):
+            assert implementation == name.removeprefix("alto_"), (name, implementation)
         times: dict[str, list[float]] = {k: [] for k in opts}
         for opt in opts.values():
             time_steps(opt, device, 0, warmup)
@@ -218,12 +224,14 @@ def run(
             "baseline_ms_same_window": {b: med[b] for b in base_makers},
             "ratios": {b: med[name] / med[b] for b in base_makers},
             "state_bytes_per_param": state_bytes(opts[name]) / n,
+            "implementation": implementation,
         }
         for b in base_makers:
             base_times[b] += times[b]
             results.setdefault(b, {"state_bytes_per_param": state_bytes(opts[b]) / n})
         ratio_text = ", ".join(f"{v:.2f}x {b}" for b, v in results[name]["ratios"].items())
-        print(f"  {name:<18} median {med[name]:9.1f} ms ({ratio_text})", flush=True)
+        runs = f" [{implementation}]" if implementation else ""
+        print(f"  {name:<18} median {med[name]:9.1f} ms ({ratio_text}){runs}", flush=True)
         del opts
         gc.collect()
         if device.type == "cuda":

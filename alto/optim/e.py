@@ -51,10 +51,10 @@ class E(torch.optim.Optimizer):
     optimizers that must re-evaluate it inside their step (LBFGS) are rejected.
 
     ``foreach``/``fused`` choose how g~ is built, per parameter group, as for ALTO
-    (``alto.optim._dispatch``): a group's own ``foreach`` key counts when E's is
-    None. ``implementation`` names what runs ("fused", "blocked", "foreach" or
-    "single"). Every path advances c in the same pass that builds g~, before the
-    base step.
+    (``alto.optim._dispatch``; the groups' own ``foreach``/``fused`` keys are the
+    base's settings and configure the base). ``implementation`` names what runs
+    ("fused", "blocked", "foreach" or "single"). Every path advances c in the same
+    pass that builds g~, before the base step.
     """
 
     def __init__(
@@ -117,9 +117,8 @@ class E(torch.optim.Optimizer):
     def _impl(self, index: int, group: dict[str, Any]):
         if self._differentiable():
             return SINGLE
-        # E's own foreach wins; else the group's (the base's) foreach key, else auto.
-        foreach = self.foreach if self.foreach is not None else group.get("foreach")
-        return self._dispatch.for_group(index, group, (foreach, self.fused))
+        # E's own flags: a group's "foreach"/"fused" keys are the base's settings.
+        return self._dispatch.for_group(index, group, (self.foreach, self.fused))
 
     @property
     def implementations(self) -> list[str]:

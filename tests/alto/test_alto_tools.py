@@ -34,10 +34,19 @@ def test_bench_reports_ratios_and_state_bytes(tmp_path: Path) -> None:
     assert bench.main([*args, "--json", str(out)]) == 0
     (report,) = json.loads(out.read_text())
     res = report["results"]
-    assert set(res) >= {"adamw_foreach", "alto_foreach", "alto_single", "published_loop"}
+    assert set(res) >= {
+        "adamw_foreach",
+        "alto_blocked",
+        "alto_foreach",
+        "alto_single",
+        "published_loop",
+    }
+    assert res["alto_blocked"]["implementation"] == "blocked"
+    assert res["E(adamw_foreach)"]["implementation"] == "blocked"
     # fp32: AdamW keeps m, v; ALTO m, v, c; E(AdamW) c + m, v; the published loop 6 buffers.
     assert res["adamw_foreach"]["state_bytes_per_param"] == 8
     assert res["alto_foreach"]["state_bytes_per_param"] == 12
+    assert res["alto_blocked"]["state_bytes_per_param"] == 12
     assert res["E(adamw_foreach)"]["state_bytes_per_param"] == 12
     assert res["published_loop"]["state_bytes_per_param"] == 24
     assert all(r["median_ms"] > 0 for r in res.values())

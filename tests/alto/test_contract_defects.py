@@ -166,12 +166,22 @@ def test_foreach_in_a_param_group_selects_that_groups_implementation() -> None:
     assert opt.implementation == "single+blocked+foreach"
 
 
-def test_e_transform_follows_the_base_groups_foreach() -> None:
+def test_e_foreach_true_really_runs_torch_foreach_ops(monkeypatch) -> None:
+    """E(foreach=True) said "foreach" but ran the cache-blocked transform on the CPU."""
+    calls = []
+    original = torch._foreach_mul
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
     ps = _params()
-    assert E(torch.optim.SGD(ps, lr=0.1, foreach=False)).implementation == "single"
-    assert E(torch.optim.SGD(ps, lr=0.1, foreach=True)).implementation == "foreach"
-    # E's own argument wins over the group's
-    assert E(torch.optim.SGD(ps, lr=0.1, foreach=True), foreach=False).implementation == "single"
+    opt = E(torch.optim.SGD(ps, lr=0.1, foreach=False), alpha=0.5, beta=0.5, foreach=True)
+    _set(ps, _grads(0, ps))
+    monkeypatch.setattr(torch, "_foreach_mul", spy)
+    opt.step()
+    assert calls, "E's transform did not run torch's foreach ops"
+    assert opt.implementation == "foreach"
 
 
 def test_group_foreach_false_really_runs_the_single_tensor_code(monkeypatch) -> None:
