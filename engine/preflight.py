@@ -12,7 +12,9 @@ from pathlib import Path
 
 from alto_client.spec import JobSpec, SpecError, SpecProblem
 
-from engine.data.prepare import PreparedData, prepare_data
+from engine.data.prepare import PreparedData, indexed_prefix, prepare_data
+from engine.data.roots import resolve_in_roots
+from engine.errors import DataError
 
 
 def check_spec_on_machine(spec: JobSpec) -> list[SpecProblem]:
@@ -21,12 +23,20 @@ def check_spec_on_machine(spec: JobSpec) -> list[SpecProblem]:
     d = spec.data
     if d.source == "files":
         for i, name in enumerate(d.files):
-            path = Path(name)
+            try:
+                path = resolve_in_roots(name, f"data.files.{i}")
+            except DataError as exc:
+                problems.extend(exc.problems)
+                continue
             if not path.is_file():
                 problems.append(SpecProblem(f"data.files.{i}", f"{name!r} does not exist"))
     if d.source == "indexed" and d.path:
-        prefix = d.path.removesuffix(".bin").removesuffix(".idx")
-        for suffix in (".bin", ".idx"):
+        try:
+            prefix = str(resolve_in_roots(indexed_prefix(d.path), "data.path"))
+        except DataError as exc:
+            problems.extend(exc.problems)
+            prefix = None
+        for suffix in (".bin", ".idx") if prefix is not None else ():
             if not Path(prefix + suffix).is_file():
                 problems.append(
                     SpecProblem(

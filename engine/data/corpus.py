@@ -16,6 +16,7 @@ from pathlib import Path
 
 from alto_client.spec import DataSpec
 
+from engine.data.roots import resolve_in_roots
 from engine.errors import DataError
 
 
@@ -70,7 +71,7 @@ def _stdlib_documents() -> Iterable[Document]:
 
 def _file_documents(spec: DataSpec) -> Iterable[Document]:
     for index, name in enumerate(spec.files):
-        path = Path(name)
+        path = resolve_in_roots(name, f"data.files.{index}")
         if path.suffix == ".txt":
             yield Document(path.name + f"#{index}", path.read_bytes())
             continue

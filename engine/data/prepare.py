@@ -22,6 +22,7 @@ from alto_client.spec import BYTE_VOCAB_SIZE, JobSpec
 
 from engine.data.corpus import Corpus, corpus_digest, load_corpus
 from engine.data.indexed import check_indexed, write_indexed
+from engine.data.roots import check_cache_outside_roots, resolve_in_roots
 from engine.data.tokenizer import BpeTokenizer, ByteTokenizer, Tokenizer, train_bpe
 from engine.errors import DataError
 
@@ -52,13 +53,13 @@ class PreparedData:
 
 
 def default_cache_dir() -> Path:
-    """``$ALTO_CACHE_DIR``, else ``~/.cache/alto``."""
+    """``$ALTO_CACHE_DIR``, else ``~/.cache/alto``: a setting of the machine (the
+    service's operator passes it to jobs), never of a spec, because megatron loads the
+    index files it caches there with pickle allowed."""
     env = os.environ.get("ALTO_CACHE_DIR")
-    return Path(env) if env else Path.home() / ".cache" / "alto"
-
-
-def cache_dir_for(spec: JobSpec) -> Path:
-    return Path(spec.data.cache_dir) if spec.data.cache_dir else default_cache_dir()
+    path = Path(env) if env else Path.home() / ".cache" / "alto"
+    check_cache_outside_roots(path)
+    return path
 
 
 @contextmanager
@@ -81,10 +82,7 @@ def prepare_data(spec: JobSpec) -> PreparedData:
 
 def _prepare_indexed(spec: JobSpec) -> PreparedData:
     assert spec.data.path is not None
-    prefix = spec.data.path
-    for suffix in (".bin", ".idx"):  # accept a path given with its extension
-        if prefix.endswith(suffix):
-            prefix = prefix[: -len(suffix)]
+    prefix = str(resolve_in_roots(indexed_prefix(spec.data.path), "data.path"))
     info = check_indexed(prefix, "data.path")
     tok = spec.data.tokenizer
     vocab = spec.vocab_size
@@ -106,9 +104,17 @@ def _prepare_indexed(spec: JobSpec) -> PreparedData:
         split=f"{100 * (1 - f):.6g},{100 * f:.6g},0",
         vocab_size=vocab,
         eod=eod,
-        index_cache_dir=str(cache_dir_for(spec) / "indices" / digest[:20]),
+        index_cache_dir=str(default_cache_dir() / "indices" / digest[:20]),
         num_train_tokens=int(info.num_tokens * (1 - f)),
     )
+
+
+def indexed_prefix(path: str) -> str:
+    """The dataset prefix of a `data.path` given with or without its .bin/.idx suffix."""
+    for suffix in (".bin", ".idx"):
+        if path.endswith(suffix):
+            return path[: -len(suffix)]
+    return path
 
 
 def _tokenizer_key(spec: JobSpec) -> str:
@@ -121,7 +127,7 @@ def _prepare_corpus(spec: JobSpec) -> PreparedData:
     digest = hashlib.sha256(
         f"v{FORMAT_VERSION}:{_tokenizer_key(spec)}:{corpus_digest(corpus)}".encode()
     ).hexdigest()[:20]
-    root = cache_dir_for(spec) / "datasets" / digest
+    root = default_cache_dir() / "datasets" / digest
     meta_path = root / "prepared.json"
     with _locked(root.with_suffix(".lock")):
         if meta_path.is_file():

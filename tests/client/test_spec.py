@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from alto_client.metrics import ALL_METRICS, TRAIN_LOSS, MetricBatch, MetricPoint
 from alto_client.spec import (
+    E_BASE_HYPERPARAMETERS,
     AdamWSpec,
     AltoSpec,
     ESpec,
@@ -109,8 +110,11 @@ def test_e_runs_sharded_around_plain_adam_and_reports_its_weight_decay(
     [
         ("{betas: [0.9]}", "betas must be [beta1, beta2]"),
         ("{betas: [0.9, 1.0]}", "betas must be [beta1, beta2]"),
-        ("{eps: 0}", "eps must be a number > 0"),
-        ("{weight_decay: -0.1}", "weight_decay must be a number >= 0"),
+        ("{eps: 0}", "eps must be a finite number > 0"),
+        ("{weight_decay: -0.1}", "weight_decay must be a finite number >= 0"),
+        ("{amsgrad: 1}", "amsgrad must be true or false"),
+        ("{momentum: 0.9}", "torch's adamw has no such setting here; allowed: amsgrad, betas"),
+        ("{fused: true}", "torch's adamw has no such setting"),
     ],
 )
 def test_e_adam_hyperparameters_are_checked_before_any_worker_starts(
@@ -118,6 +122,62 @@ def test_e_adam_hyperparameters_are_checked_before_any_worker_starts(
 ) -> None:
     bad = problems(f"optimizer: {{name: e, base: adamw, base_hyperparameters: {hyper}}}\n")
     assert any(message in m for m in bad.values()), bad
+
+
+@pytest.mark.parametrize(
+    ("base", "hyper", "message"),
+    [
+        ("sgd", "{momentum: -0.5}", "momentum must be a finite number >= 0"),
+        ("sgd", "{nesterov: true}", "nesterov needs momentum > 0 and dampening 0"),
+        ("sgd", "{nesterov: true, momentum: 0.9, dampening: 0.1}", "dampening 0"),
+        ("sgd", "{betas: [0.9, 0.99]}", "torch's sgd has no such setting"),
+        ("rmsprop", "{alpha: 1.5}", "alpha must be a number in [0, 1)"),
+        ("rmsprop", "{centered: yes}", None),  # YAML's yes is true: allowed
+        ("adagrad", "{lr_decay: .inf}", "lr_decay must be a finite number >= 0"),
+        ("nadam", "{momentum_decay: 0.004, decoupled_weight_decay: true}", None),
+        ("radam", "{eps: -1e-8}", "eps must be a finite number > 0"),
+    ],
+)
+def test_every_e_base_has_its_hyperparameters_checked_at_submission(
+    base: str, hyper: str, message: str | None
+) -> None:
+    text = f"optimizer: {{name: e, base: {base}, base_hyperparameters: {hyper}}}\n"
+    if message is None:
+        JobSpec.from_yaml(text)
+        return
+    bad = problems(text)
+    assert any(message in m for m in bad.values()), bad
+
+
+def test_the_base_hyperparameter_table_matches_torch() -> None:
+    """Every setting the spec allows is a keyword of the torch optimizer it configures."""
+    import inspect
+
+    torch = pytest.importorskip("torch")
+    classes = {
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "sgd": torch.optim.SGD,
+        "rmsprop": torch.optim.RMSprop,
+        "adagrad": torch.optim.Adagrad,
+        "nadam": torch.optim.NAdam,
+        "radam": torch.optim.RAdam,
+    }
+    assert set(classes) == set(E_BASE_HYPERPARAMETERS)
+    for base, allowed in E_BASE_HYPERPARAMETERS.items():
+        accepted = set(inspect.signature(classes[base]).parameters)
+        assert set(allowed) <= accepted, (base, set(allowed) - accepted)
+
+
+def test_workers_and_cpus_have_sane_bounds() -> None:
+    assert (
+        "greater than or equal to 0.25"
+        in problems("resources: {cpus_per_worker: 0.001}\n")["resources.cpus_per_worker"]
+    )
+    assert (
+        "less than or equal to 4096"
+        in problems("resources: {workers: 100000}\n")["resources.workers"]
+    )
 
 
 def test_yaml_scientific_notation_without_dot_is_a_float() -> None:

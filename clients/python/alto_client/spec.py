@@ -103,9 +103,22 @@ class DataSpec(_Strict):
         default=None, ge=1, description="cap on corpus bytes read (python-stdlib/files)"
     )
     tokenizer: TokenizerSpec = Field(default_factory=TokenizerSpec)
-    cache_dir: str | None = Field(
-        default=None, description="where tokenized datasets and BPE models are cached"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_cache_dir(cls, data: Any) -> Any:
+        # the cache is the machine's (ALTO_CACHE_DIR), not the spec's: megatron loads
+        # the index files cached there with pickle allowed
+        if isinstance(data, dict) and "cache_dir" in data:
+            raise PydanticCustomError(
+                "spec_invalid",
+                "{message}",
+                {
+                    "message": "data.cache_dir is not a spec field: the cache location is "
+                    "a setting of the machine that runs the job (ALTO_CACHE_DIR)"
+                },
+            )
+        return data
 
 
 class ModelSpec(_Strict):
@@ -146,9 +159,15 @@ class ParallelSpec(_Strict):
 class ResourcesSpec(_Strict):
     """How many Ray Train workers, on what, and how many restarts a failure may cost."""
 
-    workers: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1, le=4096)
     device: Literal["cpu", "gpu"] = "cpu"
-    cpus_per_worker: float = Field(default=1.0, gt=0.0)
+    cpus_per_worker: float = Field(
+        default=1.0,
+        ge=0.25,
+        le=1024,
+        description="CPUs each worker reserves: at least a quarter, or a cluster's CPUs "
+        "split into slivers admit more workers than it can run",
+    )
     max_failures: int = Field(
         default=1, ge=0, description="worker-group restarts Ray Train may do before giving up"
     )
@@ -215,6 +234,120 @@ SHARDED_E_BASES = ("adam", "adamw")
 SHARDED_E_HYPERPARAMETERS = ("betas", "eps", "weight_decay")
 
 
+# The keyword arguments a spec may give each torch base optimizer of E, by kind: "betas"
+# ([b1, b2] in [0, 1)), "positive" (> 0), "nonneg" (>= 0), "unit" ([0, 1)), "flag"
+# (true/false). Implementation switches (foreach, fused, capturable, differentiable) are
+# the engine's to choose; lr and params come from the job.
+E_BASE_HYPERPARAMETERS: dict[str, dict[str, str]] = {
+    "adam": {
+        "betas": "betas",
+        "eps": "positive",
+        "weight_decay": "nonneg",
+        "amsgrad": "flag",
+        "maximize": "flag",
+        "decoupled_weight_decay": "flag",
+    },
+    "adamw": {
+        "betas": "betas",
+        "eps": "positive",
+        "weight_decay": "nonneg",
+        "amsgrad": "flag",
+        "maximize": "flag",
+    },
+    "sgd": {
+        "momentum": "nonneg",
+        "dampening": "nonneg",
+        "weight_decay": "nonneg",
+        "nesterov": "flag",
+        "maximize": "flag",
+    },
+    "rmsprop": {
+        "alpha": "unit",
+        "eps": "positive",
+        "weight_decay": "nonneg",
+        "momentum": "nonneg",
+        "centered": "flag",
+        "maximize": "flag",
+    },
+    "adagrad": {
+        "lr_decay": "nonneg",
+        "weight_decay": "nonneg",
+        "initial_accumulator_value": "nonneg",
+        "eps": "positive",
+        "maximize": "flag",
+    },
+    "nadam": {
+        "betas": "betas",
+        "eps": "positive",
+        "weight_decay": "nonneg",
+        "momentum_decay": "nonneg",
+        "decoupled_weight_decay": "flag",
+        "maximize": "flag",
+    },
+    "radam": {
+        "betas": "betas",
+        "eps": "positive",
+        "weight_decay": "nonneg",
+        "decoupled_weight_decay": "flag",
+        "maximize": "flag",
+    },
+}
+
+_KIND_RULES = {
+    "betas": "[beta1, beta2], each in [0, 1)",
+    "positive": "a finite number > 0",
+    "nonneg": "a finite number >= 0",
+    "unit": "a number in [0, 1)",
+    "flag": "true or false",
+}
+
+
+def _fits_kind(kind: str, value: Any) -> bool:
+    if kind == "flag":
+        return isinstance(value, bool)
+    if kind == "betas":
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(_fits_kind("unit", b) for b in value)
+        )
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if not math.isfinite(value):
+        return False
+    if kind == "positive":
+        return value > 0
+    if kind == "unit":
+        return 0 <= value < 1
+    return value >= 0
+
+
+def base_hyperparameter_problems(base: str, hyper: dict[str, Any]) -> list[str]:
+    """What is wrong with E's `base_hyperparameters` for torch's `base` optimizer, found at
+    submission rather than when the job builds the optimizer on the cluster."""
+    allowed = E_BASE_HYPERPARAMETERS[base]
+    out = []
+    for name, value in hyper.items():
+        if name in ("lr", "params"):
+            continue  # refused with its own message
+        kind = allowed.get(name)
+        if kind is None:
+            out.append(
+                f"base_hyperparameters.{name}: torch's {base} has no such setting here; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+        elif not _fits_kind(kind, value):
+            out.append(f"base_hyperparameters.{name} must be {_KIND_RULES[kind]}, got {value!r}")
+    nesterov = base == "sgd" and hyper.get("nesterov") is True
+    if nesterov and (not hyper.get("momentum") or hyper.get("dampening", 0) != 0):
+        out.append(
+            "base_hyperparameters.nesterov needs momentum > 0 and dampening 0 "
+            f"(got momentum={hyper.get('momentum', 0)!r}, "
+            f"dampening={hyper.get('dampening', 0)!r})"
+        )
+    return out
+
+
 class ESpec(_Strict):
     """E: ALTO's gradient acceleration wrapped around a named torch base optimizer."""
 
@@ -249,35 +382,10 @@ class ESpec(_Strict):
         return 0.01 if self.base == "adamw" else 0.0
 
     @model_validator(mode="after")
-    def _adam_hyperparameters(self) -> ESpec:
-        if self.base not in SHARDED_E_BASES:
-            return self
-        hyper = self.base_hyperparameters
-        betas = hyper.get("betas")
-        if betas is not None and not (
-            isinstance(betas, list) and len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas)
-        ):
-            raise PydanticCustomError(
-                "spec_invalid",
-                "{message}",
-                {
-                    "message": f"base_hyperparameters.betas must be [beta1, beta2] in [0, 1), got {betas!r}"
-                },
-            )
-        for name, low in (("eps", 0.0), ("weight_decay", 0.0)):
-            value = hyper.get(name)
-            if value is None:
-                continue
-            bad = isinstance(value, bool | list) or not math.isfinite(value)
-            if bad or value < low or (name == "eps" and value == 0):
-                raise PydanticCustomError(
-                    "spec_invalid",
-                    "{message}",
-                    {
-                        "message": f"base_hyperparameters.{name} must be a number "
-                        f"{'> 0' if name == 'eps' else '>= 0'}, got {value!r}"
-                    },
-                )
+    def _base_hyperparameters(self) -> ESpec:
+        problems = base_hyperparameter_problems(self.base, self.base_hyperparameters)
+        if problems:
+            raise PydanticCustomError("spec_invalid", "{message}", {"message": problems[0]})
         return self
 
     @field_validator("base_hyperparameters")
