@@ -8,13 +8,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from alto_client.metrics import MetricBatch
 from fastapi import FastAPI
 
+from service.apidocs import docs_router
 from service.auth import ADMIN_OWNER, store_token
 from service.cluster import ClusterBackend, RayJobsBackend
 from service.db.migrate import upgrade
 from service.db.session import make_engine, make_session_factory
 from service.errors import install_error_handlers
+from service.guard import AuthBeforeBody
+from service.headers import SecurityHeaders
 from service.limits import BodySizeLimit
 from service.prom import ServiceMetrics
 from service.routers import comparisons, events, health, jobs
@@ -54,6 +58,7 @@ def create_app(
             settings.engine_entrypoint,
             lambda: public_url,
             interval_s=settings.scheduler_interval_s,
+            job_env=settings.job_env,
         )
         if backend is not None
         else None
@@ -84,15 +89,22 @@ def create_app(
                 close()
             engine.dispose()
 
+    openapi_url = "/openapi.json" if settings.api_docs else None
     app = FastAPI(
         title="ALTO service",
         version=API_VERSION,
         description="Submit training jobs to Ray, follow their metrics, and compare ALTO "
         "with AdamW. Authenticate with `Authorization: Bearer <token>`.",
         lifespan=lifespan,
+        openapi_url=openapi_url,
+        docs_url=None,  # served by service.apidocs, from files that ship with the service
+        redoc_url=None,
     )
     app.state.svc = svc
     install_error_handlers(app)
+    if openapi_url is not None:
+        app.include_router(docs_router(openapi_url))
+        _document_raw_bodies(app)
     app.include_router(health.router)
     app.include_router(jobs.router)
     app.include_router(events.router)
@@ -102,9 +114,36 @@ def create_app(
         router = getattr(dashboard, "router", None)
         if router is not None:
             app.include_router(router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # the last added runs first: time everything, stamp headers on every answer, refuse
+    # unauthenticated bodies before anything reads them, then cap what may be read
+    app.add_middleware(
+        BodySizeLimit,
+        upload_max_bytes=settings.max_body_bytes,
+        other_max_bytes=4 * settings.max_spec_bytes,
+    )
+    app.add_middleware(AuthBeforeBody)
+    app.add_middleware(SecurityHeaders)
     app.add_middleware(_TimingMiddleware, metrics=svc.metrics)
     return app
+
+
+def _document_raw_bodies(app: FastAPI) -> None:
+    """Add the schemas of bodies that routes read raw (metric uploads, parsed off the
+    event loop by `service.ingest`) to the OpenAPI document's components."""
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        batch = MetricBatch.model_json_schema(ref_template="#/components/schemas/{model}")
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        components.update(batch.pop("$defs", {}))
+        components["MetricBatch"] = batch
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 class _TimingMiddleware:

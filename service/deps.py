@@ -11,11 +11,10 @@ from sqlalchemy.orm import Session
 
 from service.auth import Principal
 from service.errors import ApiError
+from service.guard import PRINCIPAL_KEY, UNAUTHORIZED_HEADERS
 from service.state import ServiceState, get_state
 
 bearer = HTTPBearer(auto_error=False, description="An API token from `alto token create`")
-
-UNAUTHORIZED_HEADERS = {"WWW-Authenticate": "Bearer"}
 
 
 def bearer_token(request: Request) -> str:
@@ -41,6 +40,9 @@ async def current_principal(
     Async on purpose: FastAPI runs sync dependencies in its thread pool, and a thread
     hop per dependency cost more than the (cached) token lookup itself.
     """
+    checked = request.scope.get("state", {}).get(PRINCIPAL_KEY)
+    if checked is not None:  # found by AuthBeforeBody before the body was read
+        return checked
     token = bearer_token(request)
     principal = request.app.state.svc.tokens.get(token)
     if principal is None:

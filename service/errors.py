@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -10,6 +11,9 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Send
+
+from service.body import BodyFieldError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,20 @@ def error_response(
     """A JSON error answer in the shared format."""
     body = ErrorResponse(message=message, errors=errors or [])
     return JSONResponse(body.model_dump(mode="json"), status_code=status_code, headers=headers)
+
+
+async def send_error(
+    send: Send, status_code: int, message: str, headers: dict[str, str] | None = None
+) -> None:
+    """The same JSON error answer, sent by ASGI middleware that answers before the app."""
+    data = json.dumps(ErrorResponse(message=message, errors=[]).model_dump(mode="json")).encode()
+    raw_headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+    ]
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status_code, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": data})
 
 
 def _loc(loc: Any) -> list[str | int]:
@@ -82,6 +100,10 @@ def install_error_handlers(app: FastAPI) -> None:
         if any(e.type == "json_invalid" for e in errors):
             return error_response(400, "request body is not valid JSON", errors)
         return error_response(422, _summary(errors), errors)
+
+    @app.exception_handler(BodyFieldError)
+    async def _body_field(_request: Request, exc: BodyFieldError) -> JSONResponse:
+        return error_response(422, str(exc.detail), exc.errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:

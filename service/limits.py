@@ -1,40 +1,50 @@
-"""Request-body size limit, enforced before any handler reads the body."""
+"""Request-body size limits, enforced before any handler reads the body."""
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import send_error
+from service.guard import INGEST_PATH
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over `max_bytes`, judged by Content-Length or, for
-    chunked uploads, by reading at most `max_bytes` before the app sees the body."""
+    """ASGI middleware: 413 for bodies over their limit, judged by Content-Length or, for
+    chunked uploads, by reading at most the limit before the app sees the body.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    Metric uploads (`service.guard.INGEST_PATH`) may be up to `upload_max_bytes`; every
+    other body (a spec, a comparison) up to `other_max_bytes`: no spec needs more."""
+
+    def __init__(self, app: ASGIApp, upload_max_bytes: int, other_max_bytes: int) -> None:
         self.app = app
-        self.max_bytes = max_bytes
+        self.upload_max_bytes = upload_max_bytes
+        self.other_max_bytes = other_max_bytes
+
+    def limit_for(self, path: str) -> int:
+        """The largest body accepted at `path`."""
+        upload = INGEST_PATH.match(path) is not None
+        return self.upload_max_bytes if upload else self.other_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length":
-                try:
-                    length = int(value)
-                except ValueError:
-                    await self._reject(send, 400, "Content-Length is not a number")
-                    return
-                if length > self.max_bytes:
-                    await self._reject(send, 413, self._too_large(length))
-                    return
-        has_length = any(name == b"content-length" for name, _ in scope.get("headers", []))
-        if has_length or scope["method"] in ("GET", "HEAD", "OPTIONS"):
-            # the server delivers no more than Content-Length bytes, checked above; and
-            # no GET handler reads a body
+        limit = self.limit_for(scope["path"])
+        headers = dict(scope.get("headers", []))
+        if b"content-length" in headers:
+            try:
+                length = int(headers[b"content-length"])
+            except ValueError:
+                await send_error(send, 400, "Content-Length is not a number")
+                return
+            if length > limit:
+                await send_error(send, 413, _too_large(length, limit))
+                return
+            # the server delivers no more than Content-Length bytes, checked above
             await self.app(scope, receive, send)
+            return
+        if scope["method"] in ("GET", "HEAD", "OPTIONS"):
+            await self.app(scope, receive, send)  # no GET handler reads a body
             return
         # no length given (chunked upload): read the body up to the limit, then replay it
         chunks: list[bytes] = []
@@ -45,8 +55,8 @@ class BodySizeLimit:
                 return  # the client went away
             body = message.get("body", b"")
             seen += len(body)
-            if seen > self.max_bytes:
-                await self._reject(send, 413, self._too_large(seen))
+            if seen > limit:
+                await send_error(send, 413, _too_large(seen, limit))
                 return
             chunks.append(body)
             if not message.get("more_body", False):
@@ -62,21 +72,6 @@ class BodySizeLimit:
 
         await self.app(scope, replay, send)
 
-    def _too_large(self, size: int) -> str:
-        return f"request body of {size} bytes is over the limit of {self.max_bytes} bytes"
 
-    @staticmethod
-    async def _reject(send: Send, status: int, message: str) -> None:
-        body: dict[str, Any] = {"message": message, "errors": []}
-        data = json.dumps(body).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(data)).encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": data})
+def _too_large(size: int, limit: int) -> str:
+    return f"request body of {size} bytes is over the limit of {limit} bytes"

@@ -47,6 +47,7 @@ def transition(
         values["started_at"] = func.coalesce(_JOBS.c.started_at, literal(now, UTCDateTime()))
     if status.value in TERMINAL:
         values["finished_at"] = now
+        values["ingest_token_hash"] = None  # an ended job's results are final
     stmt = (
         update(_JOBS)
         .where(

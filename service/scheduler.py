@@ -36,11 +36,9 @@ from service.db.session import session_scope
 from service.db.tables import JobRow
 from service.reconcile import WAITING_FOR_RAY, Action, Decision, JobView, decide
 from service.repo import TERMINAL, WAITING, claim_launch, transition
-from service.specs import fits, never_fits_reason, with_report
+from service.specs import SPEC_ENV, fits, launch_env, never_fits_reason
 
 log = logging.getLogger(__name__)
-
-SPEC_ENV = "ALTO_JOB_SPEC"
 
 
 def submission_id(job_id: str) -> str:
@@ -53,9 +51,11 @@ class SchedulerStats:
     """Counters of the scheduler since start (exported at /metrics)."""
 
     passes: int = 0
-    failed_passes: int = 0  # the cluster did not answer
+    failed_passes: int = 0  # cut short: the cluster did not answer, or an unexpected error
     pass_seconds: float = 0.0
     stale_writes: int = 0  # compare-and-set writes that lost to a concurrent change
+    unlaunchable_jobs: int = 0  # jobs failed alone because they could not be launched
+    last_pass_ok: float | None = None  # time.monotonic() of the last pass that completed
 
 
 class Scheduler:
@@ -68,12 +68,14 @@ class Scheduler:
         entrypoint: str,
         public_url: Callable[[], str],
         interval_s: float = 1.0,
+        job_env: Callable[[str], dict[str, str]] | None = None,
     ) -> None:
         self._factory = factory
         self._backend = backend
         self._entrypoint = entrypoint
         self._public_url = public_url
         self._interval_s = interval_s
+        self._job_settings_env = job_env
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -109,11 +111,7 @@ class Scheduler:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:  # the loop must survive anything and try again
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.exception("scheduler pass failed")
+            self.run_once()
             self._wake.wait(self._interval_s)
             self._wake.clear()
 
@@ -127,13 +125,34 @@ class Scheduler:
                 self._reconcile()
                 self._admit()
                 self.last_error = None
+                self.stats.last_pass_ok = time.monotonic()
             except ClusterError as exc:
                 self.last_error = str(exc)
                 self.stats.failed_passes += 1
                 log.warning("cluster unavailable: %s", exc)
+            except Exception as exc:  # e.g. the database: the loop must try again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.stats.failed_passes += 1
+                log.exception("scheduler pass failed")
             finally:
                 self.stats.passes += 1
                 self.stats.pass_seconds += time.perf_counter() - start
+
+    def healthy(self, now: float | None = None) -> str | None:
+        """None when the scheduler is keeping up; else why not (for /readyz): its last
+        pass failed, or no pass has completed for a while although the loop runs."""
+        if self.last_error is not None:
+            return f"last pass failed: {self.last_error}"
+        if self._thread is None:
+            return None  # driven by hand (tests), or not started: nothing is overdue
+        if not self._thread.is_alive():
+            return "the scheduler thread has stopped"
+        last = self.stats.last_pass_ok
+        now = time.monotonic() if now is None else now
+        overdue = max(30.0, 10 * self._interval_s)
+        if last is not None and now - last > overdue:
+            return f"no pass has completed for {now - last:.0f} s"
+        return None
 
     def _transition(self, s: Session, seq: int, **change: Any) -> bool:
         """`service.repo.transition`, counting the writes that missed (a concurrent change
@@ -226,7 +245,12 @@ class Scheduler:
                     free[key] = free.get(key, 0.0) - amount
             for seq, job_id, status, reason, need in waiting:
                 spec = s.scalar(select(JobRow.spec).where(JobRow.seq == seq))
-                never = never_fits_reason(JobSpec.model_validate(spec), capacity)
+                try:
+                    never = never_fits_reason(JobSpec.model_validate(spec), capacity)
+                    launch_env(spec, self._public_url(), job_id, "t" * 48)
+                except Exception as exc:  # a job that cannot launch fails alone
+                    self._fail_unlaunchable(s, seq, status, exc)
+                    continue
                 if never is not None:
                     self._transition(
                         s,
@@ -261,16 +285,19 @@ class Scheduler:
         when the job was cancelled (or launched by someone else) since it was read."""
         token = new_token()
         ray_id = submission_id(job_id)
+        try:
+            env = launch_env(spec, self._public_url(), job_id, token)
+        except Exception as exc:  # checked at admission; a resubmission checks here
+            self._fail_unlaunchable(s, seq, status, exc)
+            return False
+        env.update(self._job_env(s, seq))
         if not claim_launch(s, seq, ray_id, hash_token(token), resubmit=resubmit):
             s.rollback()
             self.stats.stale_writes += 1
             return False
         s.commit()  # the submission id is on record before Ray hears of it
-        spec_json = with_report(spec, self._public_url(), job_id, token)
         try:
-            self._backend.submit(
-                ray_id, f"{self._entrypoint} env:{SPEC_ENV}", {SPEC_ENV: spec_json}
-            )
+            self._backend.submit(ray_id, f"{self._entrypoint} env:{SPEC_ENV}", env)
             reason = WAITING_FOR_RAY
         except ClusterError as exc:
             reason = f"submission to Ray failed, will retry: {exc}"
@@ -286,6 +313,29 @@ class Scheduler:
         )
         s.commit()
         return True
+
+    def _fail_unlaunchable(self, s: Session, seq: int, status: str, exc: Exception) -> None:
+        """Fail one job that cannot be launched (a stored spec that no longer validates or
+        serializes), with its reason, so that the pass goes on with the other jobs."""
+        s.rollback()
+        log.warning("job %s cannot be launched: %s", seq, exc)
+        self.stats.unlaunchable_jobs += 1
+        self._transition(
+            s,
+            seq,
+            expect_status=status,
+            expect_cancel=False,
+            status=JobStatus.FAILED,
+            reason=f"cannot be launched: {type(exc).__name__}: {str(exc)[:500]}",
+        )
+        s.commit()
+
+    def _job_env(self, s: Session, seq: int) -> dict[str, str]:
+        """Environment the operator's settings give each job (data roots of its owner)."""
+        if self._job_settings_env is None:
+            return {}
+        owner = s.scalar(select(JobRow.owner).where(JobRow.seq == seq))
+        return self._job_settings_env(owner or "")
 
 
 def _waiting_reason(need: dict[str, float], free: dict[str, float]) -> str:

@@ -6,10 +6,16 @@ build the same service from the same description.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+import re
+from pathlib import Path, PurePosixPath
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+OWNER_PLACEHOLDER = "{owner}"
+SAFE_OWNER = re.compile(r"[A-Za-z0-9._@+-]{1,200}")
 
 
 def _default_data_dir() -> Path:
@@ -57,11 +63,97 @@ class Settings(BaseSettings):
         description="Database connections kept open; keep it above the API's 40 threads.",
     )
     scheduler_interval_s: float = Field(default=1.0, gt=0, le=60)
-    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
-    max_metric_points_per_request: int = Field(default=100_000, ge=1)
+    max_body_bytes: int = Field(
+        default=2 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body (a metric upload); bodies of other requests are "
+        "capped at 4 * max_spec_bytes.",
+    )
+    max_metric_points_per_request: int = Field(
+        default=10_000,
+        ge=1,
+        le=100_000,
+        description="Points in one upload; kept small so that one upload never holds the "
+        "API for long (the engine sends 500 at a time).",
+    )
+    max_spec_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        le=96 * 1024,
+        description="Largest job spec, as JSON; specs travel to Ray in one environment "
+        "variable, which Linux caps at 128 KiB.",
+    )
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Directories (on the cluster's shared storage) that `data.path` and "
+        "`data.files` of a spec must resolve inside, separated by ':' (os.pathsep). "
+        "'{owner}' in a root stands for the submitting token's owner, e.g. "
+        "/datasets:/home/{owner}/data. Empty: specs may only use the built-in corpus.",
+    )
+    cluster_cache_dir: str | None = Field(
+        default=None,
+        description="Where the engine caches tokenized datasets on the cluster (passed to "
+        "jobs as ALTO_CACHE_DIR). It must not be writable by users, and never lies inside "
+        "a data root. Default: the engine's own default on the workers.",
+    )
+    metrics_token: str | None = Field(
+        default=None,
+        description="Bearer token a Prometheus scraper sends to GET /metrics (besides any "
+        "admin token). /metrics answers 401 without one of them.",
+    )
+    api_docs: bool = Field(
+        default=True,
+        description="Serve /docs (Swagger UI, from files that ship with the service, no "
+        "CDN) and /openapi.json.",
+    )
     max_points_default: int = Field(default=2000, ge=2)
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_max_duration_s: float = Field(default=3600.0, gt=0)
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part for part in value.split(os.pathsep) if part.strip()]
+        return value
+
+    @field_validator("data_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[str]) -> list[str]:
+        for root in roots:
+            path = PurePosixPath(root)
+            if not path.is_absolute() or ".." in path.parts:
+                raise ValueError(
+                    f"data_roots: {root!r} must be an absolute path without '..' components"
+                )
+            if OWNER_PLACEHOLDER in root and root.count("{") != 1:
+                raise ValueError(f"data_roots: {root!r} may hold '{{owner}}' once at most")
+        return roots
+
+    @field_validator("cluster_cache_dir")
+    @classmethod
+    def _absolute_cache(cls, value: str | None) -> str | None:
+        if value is not None and not PurePosixPath(value).is_absolute():
+            raise ValueError(f"cluster_cache_dir: {value!r} must be an absolute path")
+        return value
+
+    def roots_for(self, owner: str) -> list[str]:
+        """The data roots of one owner: `data_roots` with '{owner}' filled in. A root with
+        '{owner}' is left out for an owner whose name is not a plain file name (it could
+        climb out of the root: '..', 'a/b')."""
+        safe = SAFE_OWNER.fullmatch(owner) is not None and owner not in (".", "..")
+        return [
+            root.replace(OWNER_PLACEHOLDER, owner)
+            for root in self.data_roots
+            if OWNER_PLACEHOLDER not in root or safe
+        ]
+
+    def job_env(self, owner: str) -> dict[str, str]:
+        """Environment variables every job of `owner` gets from these settings."""
+        env = {"ALTO_DATA_ROOTS": os.pathsep.join(self.roots_for(owner))}
+        if self.cluster_cache_dir:
+            env["ALTO_CACHE_DIR"] = self.cluster_cache_dir
+        return env
 
     def resolved_database_url(self) -> str:
         """The database URL to use: the given one, or SQLite in the data directory."""

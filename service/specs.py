@@ -69,8 +69,34 @@ def variant(spec: JobSpec, optimizer: dict[str, Any], seed: int, name: str) -> J
     return JobSpec.model_validate(data)
 
 
+SPEC_ENV = "ALTO_JOB_SPEC"
+"""The environment variable that carries a job's spec to `python -m engine.run`."""
+
+MAX_SPEC_ENV_BYTES = 100 * 1024
+"""Largest spec the service hands to Ray. Linux caps one environment string at 128 KiB
+(MAX_ARG_STRLEN: a larger one makes exec fail, so Ray's driver never starts) and Ray's
+job API refuses bodies near 1 MiB; stored specs are capped lower (`max_spec_bytes`)."""
+
+
+class SpecTooLarge(ValueError):
+    """A spec whose JSON is too large to travel to the cluster."""
+
+
 def with_report(spec_data: dict[str, Any], url: str, job_id: str, token: str) -> str:
     """The spec as JSON with its `report` section filled in, for the engine to read."""
     data = dict(spec_data)
     data["report"] = ReportSpec(url=url, job_id=job_id, token=token).model_dump()
     return JobSpec.model_validate(data).model_dump_json()
+
+
+def launch_env(spec_data: dict[str, Any], url: str, job_id: str, token: str) -> dict[str, str]:
+    """The environment that carries a stored spec to the engine. Raises when the spec no
+    longer validates, is not valid Unicode or is too large to launch."""
+    spec_json = with_report(spec_data, url, job_id, token)
+    size = len(spec_json.encode("utf-8"))
+    if size > MAX_SPEC_ENV_BYTES:
+        raise SpecTooLarge(
+            f"the spec is {size} bytes as JSON; at most {MAX_SPEC_ENV_BYTES} bytes can "
+            "travel to the cluster"
+        )
+    return {SPEC_ENV: spec_json}

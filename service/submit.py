@@ -13,6 +13,7 @@ from service.db.tables import ComparisonRow, JobRow, JobTag, utcnow
 from service.errors import ApiError
 from service.specs import never_fits_reason, resource_request
 from service.state import ServiceState
+from service.validation import data_path_problems, spec_problems
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -28,6 +29,27 @@ def check_idempotency_key(key: str | None) -> str | None:
             f"got {len(key)} characters",
         )
     return key
+
+
+def check_spec(state: ServiceState, owner: str, spec: JobSpec, loc: list[str | int]) -> None:
+    """What the service adds to the spec's own validation, as one 4xx: storable values,
+    data paths inside the owner's data roots, and a size that can travel to Ray."""
+    problems = spec_problems(spec, loc) + data_path_problems(
+        spec, state.settings.roots_for(owner), loc
+    )
+    if problems:
+        where = ".".join(str(p) for p in problems[0].loc if p != "body")
+        raise ApiError(422, f"spec is invalid: {where}: {problems[0].msg}", problems)
+    size = len(spec.model_dump_json().encode("utf-8"))
+    limit = state.settings.max_spec_bytes
+    if size > limit:
+        where = ".".join(str(p) for p in loc if p != "body") or "spec"
+        raise ApiError(
+            413,
+            f"{where}: the job spec is {size} bytes as JSON, over the limit of {limit} "
+            "bytes (max_spec_bytes); specs travel to the cluster in one environment "
+            "variable. Put long lists (data.files) in fewer, larger files.",
+        )
 
 
 def check_fits(state: ServiceState, spec: JobSpec, where: str = "spec") -> None:

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import PurePosixPath
 from typing import Any
 
 from alto_client.models import FieldError
 from alto_client.spec import JobSpec
+
+from service.body import invalid_strings
 
 MAX_TAGS = 32
 MAX_TAG_LEN = 100
@@ -36,6 +39,8 @@ def _walk(value: Any, loc: list[str | int], out: list[FieldError]) -> None:
         )
     elif isinstance(value, str) and ("\x00" in value):
         out.append(FieldError(loc=loc, msg="must not contain NUL characters", type="string_type"))
+    elif isinstance(value, str):
+        out.extend(invalid_strings(value, loc))
     elif isinstance(value, dict):
         for k, v in value.items():
             _walk(v, [*loc, str(k)], out)
@@ -67,4 +72,45 @@ def spec_problems(spec: JobSpec, loc: list[str | int]) -> list[FieldError]:
                     type="value_error",
                 )
             )
+    return out
+
+
+def _outside_roots(name: str, roots: list[str]) -> str | None:
+    """Why `name` may not be read by a job with these roots (None: it may, as far as the
+    name tells; the engine checks again with symlinks resolved). Purely lexical: the
+    service never looks at the cluster's filesystem, so nothing here tells what exists."""
+    path = PurePosixPath(name)
+    if not path.is_absolute():
+        return f"{name!r} must be an absolute path inside the data roots ({', '.join(roots)})"
+    if ".." in path.parts:
+        return f"{name!r} must not contain '..'"
+    if not any(path == PurePosixPath(r) or PurePosixPath(r) in path.parents for r in roots):
+        return f"{name!r} is outside the data roots allowed for you ({', '.join(roots)})"
+    return None
+
+
+def data_path_problems(spec: JobSpec, roots: list[str], loc: list[str | int]) -> list[FieldError]:
+    """Paths of the spec's data section that lie outside the owner's data roots."""
+    d = spec.data
+    named: list[tuple[list[str | int], str]] = []
+    if d.source == "indexed" and d.path is not None:
+        named.append(([*loc, "data", "path"], d.path))
+    if d.source == "files":
+        named.extend(([*loc, "data", "files", i], f) for i, f in enumerate(d.files))
+    if not named:
+        return []
+    if not roots:
+        return [
+            FieldError(
+                loc=[*loc, "data", "source"],
+                msg=f"source {d.source!r} reads files, but this service has no data roots "
+                "for you; use 'python-stdlib' (operators: set ALTO_DATA_ROOTS)",
+                type="value_error",
+            )
+        ]
+    out = []
+    for where, name in named:
+        why = _outside_roots(name, roots)
+        if why is not None:
+            out.append(FieldError(loc=where, msg=why, type="value_error"))
     return out

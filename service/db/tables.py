@@ -68,6 +68,8 @@ class ApiToken(Base):
     admin: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
     revoked: Mapped[bool] = mapped_column(Boolean, nullable=False, default=False)
+    # the token's last characters, to tell tokens apart in listings (NULL before 0002)
+    hint: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
 class ComparisonRow(Base):
@@ -84,6 +86,8 @@ class ComparisonRow(Base):
     seeds: Mapped[list[int]] = mapped_column(JSON, nullable=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    # SHA-256 of the creating request, to refuse a reused Idempotency-Key with another body
+    request_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
     jobs: Mapped[list[JobRow]] = relationship(back_populates="comparison", order_by="JobRow.seq")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sys
 import uuid
 from typing import Annotated, Any
@@ -32,6 +33,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import Principal
+from service.body import CheckedJSONRoute
 from service.compare import RunData, Series, combined_status, summarize
 from service.db.tables import ComparisonRow, JobRow, MetricRow
 from service.deps import (
@@ -47,10 +49,9 @@ from service.errors import ApiError, field_errors
 from service.plot import render_comparison
 from service.repo import TERMINAL, delete_jobs
 from service.specs import variant
-from service.submit import check_fits, check_idempotency_key, new_job_row
-from service.validation import spec_problems
+from service.submit import check_fits, check_idempotency_key, check_spec, new_job_row
 
-router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"])
+router = APIRouter(prefix="/v1/comparisons", tags=["comparisons"], route_class=CheckedJSONRoute)
 
 COMPARISON_ID = Path(pattern=r"^[A-Za-z0-9_\-]{1,40}$", description="a comparison id")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -118,15 +119,13 @@ def create_comparison(
 ) -> Comparison:
     """Create one job per (arm, seed), identical but for optimizer and seed."""
     key = check_idempotency_key(idempotency_key)
-    problems = spec_problems(body.spec, ["body", "spec"])
-    if problems:
-        raise ApiError(422, f"spec is invalid: {problems[0].msg}", problems)
+    check_spec(state, principal.owner, body.spec, ["body", "spec"])
+    digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
     if key is not None and (existing := _find_by_key(s, principal.owner, key)) is not None:
-        response.headers["Location"] = str(
-            request.url_for("get_comparison", comparison_id=existing.id)
-        )
-        return _summary(s, existing)
+        return _idempotent_answer(s, existing, digest, response, request)
     jobs = _arm_specs(body)
+    for i, (_arm, _seed, spec) in enumerate(jobs):
+        check_spec(state, principal.owner, spec, ["body", "arms", i // len(body.seeds)])
     check_fits(state, body.spec)
     row = ComparisonRow(
         id=uuid.uuid4().hex,
@@ -136,6 +135,7 @@ def create_comparison(
         arms=[a.name for a in body.arms],
         seeds=list(body.seeds),
         idempotency_key=key,
+        request_digest=digest,
     )
     s.add(row)
     for arm, _seed, spec in jobs:
@@ -147,9 +147,24 @@ def create_comparison(
         existing = _find_by_key(s, principal.owner, key) if key else None
         if existing is None:
             raise
-        row = existing
+        return _idempotent_answer(s, existing, digest, response, request)
     if state.scheduler is not None:
         state.scheduler.wake()
+    response.headers["Location"] = str(request.url_for("get_comparison", comparison_id=row.id))
+    return _summary(s, row)
+
+
+def _idempotent_answer(
+    s: Session, row: ComparisonRow, digest: str, response: Response, request: Request
+) -> Comparison:
+    """The comparison an earlier request with the same Idempotency-Key created; 409 when
+    that request was another one (comparisons made before 0002 have no digest)."""
+    if row.request_digest is not None and row.request_digest != digest:
+        raise ApiError(
+            409,
+            "Idempotency-Key was already used for a different comparison request "
+            f"(comparison {row.id}); use a new key for a new comparison",
+        )
     response.headers["Location"] = str(request.url_for("get_comparison", comparison_id=row.id))
     return _summary(s, row)
 

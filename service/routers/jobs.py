@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Annotated, Any
 
-from alto_client.metrics import MetricBatch
 from alto_client.models import (
     ErrorResponse,
     FieldError,
@@ -24,12 +22,13 @@ from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
-from service.auth import Principal, hash_token
+from service.auth import INGEST_TOKEN_RULE, Principal
+from service.body import CheckedJSONRoute
 from service.cluster import ClusterError
 from service.db.tables import JobRow, JobTag, MetricRow
 from service.deps import (
-    UNAUTHORIZED_HEADERS,
     CursorQuery,
     LimitQuery,
     OwnerQuery,
@@ -37,11 +36,12 @@ from service.deps import (
     SessionDep,
     StateDep,
     bearer,
-    bearer_token,
     listed_owner,
 )
 from service.downsample import keep_indices
 from service.errors import ApiError
+from service.guard import INGEST_SEQ_KEY, UNAUTHORIZED_HEADERS
+from service.ingest import METRIC_BATCH_REF, ingest_upload
 from service.repo import (
     JOB_BY_ID,
     JOB_SELECT,
@@ -49,16 +49,21 @@ from service.repo import (
     CancelOutcome,
     delete_jobs,
     finite_or_none,
-    insert_points,
     latest_metrics,
     read_job,
     request_cancel,
     to_wire,
 )
-from service.submit import check_fits, check_idempotency_key, find_job_by_key, new_job_row
-from service.validation import MAX_STEP, METRIC_NAME_RE, spec_problems
+from service.submit import (
+    check_fits,
+    check_idempotency_key,
+    check_spec,
+    find_job_by_key,
+    new_job_row,
+)
+from service.validation import MAX_STEP, METRIC_NAME_RE
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], route_class=CheckedJSONRoute)
 
 JOB_ID = Path(pattern=r"^[A-Za-z0-9_\-]{1,40}$", description="a job id")
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -88,9 +93,7 @@ def submit_job(
     """Validate, store and queue a job. A retried request with the same Idempotency-Key
     returns the job the first one created."""
     key = check_idempotency_key(idempotency_key)
-    problems = spec_problems(spec, ["body"])
-    if problems:
-        raise ApiError(422, f"spec is invalid: {problems[0].msg}", problems)
+    check_spec(state, principal.owner, spec, ["body"])
     if key is not None:
         existing = find_job_by_key(s, principal.owner, key)
         if existing is not None:
@@ -297,57 +300,39 @@ def job_metrics(
     )
 
 
-def ingest_job(
-    request: Request,
-    job_id: Annotated[str, JOB_ID],
-    s: SessionDep,
-    _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> JobRow:
-    """The job whose ingestion token the request carries (checked before the body is read)."""
-    token = bearer_token(request)
-    row = s.scalar(select(JobRow).where(JobRow.id == job_id))
-    if row is None:
-        raise ApiError(404, f"no job with id {job_id!r}")
-    if row.ingest_token_hash is None or hash_token(token) != row.ingest_token_hash:
+def ingest_job_seq_dep(request: Request, job_id: Annotated[str, JOB_ID]) -> int:
+    """The seq of the job whose ingestion token AuthBeforeBody checked before the body
+    was read (`service.guard`); a request that did not pass there is refused."""
+    seq = request.scope.get("state", {}).get(INGEST_SEQ_KEY)
+    if seq is None:
         raise ApiError(
-            401, f"not the ingestion token of job {job_id}", headers=UNAUTHORIZED_HEADERS
+            401,
+            f"not a valid ingestion token of job {job_id} ({INGEST_TOKEN_RULE})",
+            headers=UNAUTHORIZED_HEADERS,
         )
-    return row
+    return int(seq)
 
 
-@router.post("/{job_id}/metrics", response_model=IngestResult, responses=ERRORS)
-def ingest_metrics(
-    job_id: Annotated[str, JOB_ID],
-    row: Annotated[JobRow, Depends(ingest_job)],
-    batch: MetricBatch,
-    s: SessionDep,
+@router.post(
+    "/{job_id}/metrics",
+    response_model=IngestResult,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": METRIC_BATCH_REF}}},
+        }
+    },
+)
+async def ingest_metrics(
+    request: Request,
+    seq: Annotated[int, Depends(ingest_job_seq_dep)],
     state: StateDep,
+    _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> IngestResult:
-    """Metric upload from the engine, with the job's own token (not an API token).
-    Idempotent by (job, step, name): re-sent points are counted as duplicates."""
-    limit = state.settings.max_metric_points_per_request
-    if len(batch.points) > limit:
-        raise ApiError(413, f"points: at most {limit} points per request, got {len(batch.points)}")
-    errors: list[FieldError] = []
-    for i, p in enumerate(batch.points):
-        if p.step > MAX_STEP:
-            errors.append(
-                FieldError(loc=["body", "points", i, "step"], msg=f"must be <= {MAX_STEP}")
-            )
-        if not METRIC_NAME_RE.match(p.name):
-            errors.append(
-                FieldError(
-                    loc=["body", "points", i, "name"],
-                    msg="a metric name is 1-200 letters, digits or _.:/- characters",
-                )
-            )
-        if not math.isfinite(p.time):
-            errors.append(FieldError(loc=["body", "points", i, "time"], msg="must be finite"))
-        if len(errors) >= 50:
-            break
-    if errors:
-        raise ApiError(422, f"points are invalid: {errors[0].msg}", errors)
-    accepted = insert_points(s, row.seq, ((p.step, p.name, p.value, p.time) for p in batch.points))
-    s.commit()
-    state.metrics.points.inc(accepted)
-    return IngestResult(accepted=accepted, duplicates=len(batch.points) - accepted)
+    """Metric upload from the engine, with the job's own token (not an API token), valid
+    while the job runs. Idempotent by (job, step, name): re-sent points are counted as
+    duplicates. The body is parsed, checked and stored in a worker thread, a thousand
+    points at a time, so an upload never holds the event loop."""
+    raw = await request.body()
+    return await run_in_threadpool(ingest_upload, state, seq, raw)

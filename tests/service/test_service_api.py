@@ -431,11 +431,14 @@ def test_comparison_idempotency(svc):
 def test_health_ready_and_prometheus(svc):
     assert svc.client.get("/healthz").json() == {"status": "ok"}
     r = svc.client.get("/readyz")
-    assert r.status_code == 200 and r.json()["checks"] == {"database": "ok", "ray": "ok"}
+    checks = {"database": "ok", "ray": "ok", "scheduler": "ok"}
+    assert r.status_code == 200 and r.json()["checks"] == checks
     submit(svc)
     submit(svc)
     svc.client.get("/v1/jobs", headers=svc.alice)
-    text = svc.client.get("/metrics").text
+    assert svc.client.get("/metrics").status_code == 401  # it counts every owner's jobs
+    assert svc.client.get("/metrics", headers=svc.alice).status_code == 401
+    text = svc.client.get("/metrics", headers=svc.admin).text
     assert 'alto_jobs{status="PENDING"} 2.0' in text
     assert "alto_queue_length 2.0" in text
     assert (
@@ -443,14 +446,16 @@ def test_health_ready_and_prometheus(svc):
         in text
     )
     svc.tick(2)
-    text = svc.client.get("/metrics").text
+    text = svc.client.get("/metrics", headers=svc.admin).text
     assert "alto_scheduler_pass_seconds_count 2.0" in text
     assert "alto_scheduler_stale_writes_total 0.0" in text
     svc.cluster.reachable = False
     svc.tick()
-    assert "alto_scheduler_failed_passes_total 1.0" in svc.client.get("/metrics").text
+    text = svc.client.get("/metrics", headers=svc.admin).text
+    assert "alto_scheduler_failed_passes_total 1.0" in text
     r = svc.client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["ray"] == "unreachable"
+    assert r.json()["checks"]["scheduler"].startswith("error: last pass failed")
 
 
 def test_scheduler_survives_an_unreachable_cluster(svc):

@@ -1,4 +1,4 @@
-"""The CLI's bridge to the service package, for ``alto serve`` and ``alto token create``.
+"""The CLI's bridge to the service package, for ``alto serve`` and ``alto token ...``.
 
 The light client does not depend on the service; these commands import it only
 when they run, and say how to install it when it is missing.
@@ -55,3 +55,41 @@ def create_token(
 
     validate_owner(owner)
     return issue(settings, owner, admin)
+
+
+def list_tokens(
+    *, owner: str | None, data_dir: Path | None, database_url: str | None
+) -> list[dict[str, Any]]:
+    """Every token of the service's database (or one owner's), without the tokens."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    from service.auth import list_tokens as listed
+    from service.auth import token_store
+
+    with token_store(settings) as factory:
+        return [
+            {
+                "id": t.id,
+                "owner": t.owner,
+                "admin": t.admin,
+                "created_at": t.created_at.isoformat(),
+                "revoked": t.revoked,
+                "hint": t.hint,
+            }
+            for t in listed(factory, owner)
+        ]
+
+
+def revoke_tokens(
+    *,
+    token_id: int | None,
+    owner: str | None,
+    data_dir: Path | None,
+    database_url: str | None,
+) -> int:
+    """Revoke one token by id, or every token of an owner; how many were revoked."""
+    settings = _settings(data_dir=data_dir, database_url=database_url)
+    from service.auth import revoke_tokens as revoke
+    from service.auth import token_store
+
+    with token_store(settings) as factory:
+        return revoke(factory, token_id=token_id, owner=owner)

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel, ValidationError
 from rich.console import Console
+from rich.table import Table
 
 from alto_client.client import Client, load_spec
 from alto_client.errors import AltoError, ApiError, ConnectionFailed, describe_validation_error
@@ -450,6 +451,67 @@ def token_create(
         else:
             err_console.print(f"token for {owner}{' (admin)' if admin else ''}:")
             console.print(token)
+
+
+DataDirOpt = Annotated[
+    Path | None, typer.Option(help="Data directory (default: ALTO_DATA_DIR or ~/.alto).")
+]
+DatabaseOpt = Annotated[
+    str | None, typer.Option(help="SQLAlchemy URL (default: SQLite in the data directory).")
+]
+
+
+@token_app.command("list")
+def token_list(
+    owner: Annotated[str | None, typer.Option(help="Only this owner's tokens.")] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List API tokens: id, owner, role, created, revoked, and the token's last characters."""
+    with _errors():
+        from alto_client._service import list_tokens
+
+        rows = list_tokens(owner=owner, data_dir=data_dir, database_url=database_url)
+        if as_json:
+            _print_json(rows)
+            return
+        table = Table("id", "owner", "admin", "created", "revoked", "token", box=None)
+        for r in rows:
+            table.add_row(
+                str(r["id"]),
+                r["owner"],
+                "yes" if r["admin"] else "",
+                r["created_at"][:19].replace("T", " "),
+                "revoked" if r["revoked"] else "",
+                r["hint"] or "",
+            )
+        console.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(
+    token_id: Annotated[int | None, typer.Argument(help="Id from `alto token list`.")] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Revoke every token of this owner instead.")
+    ] = None,
+    data_dir: DataDirOpt = None,
+    database_url: DatabaseOpt = None,
+) -> None:
+    """Revoke a token (by id) or all of an owner's; running services refuse it within 5 s."""
+    with _errors():
+        if (token_id is None) == (owner is None):
+            raise typer.BadParameter("give a token id, or --owner NAME (not both)")
+        from alto_client._service import revoke_tokens
+
+        n = revoke_tokens(
+            token_id=token_id, owner=owner, data_dir=data_dir, database_url=database_url
+        )
+        if n == 0:
+            what = f"token {token_id}" if token_id is not None else f"tokens of {owner!r}"
+            err_console.print(f"no unrevoked {what} found")
+            raise typer.Exit(1)
+        err_console.print(f"revoked {n} token(s)")
 
 
 @app.command()
