@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install clean audit
 
 $(STAMP): pyproject.toml clients/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+# known vulnerabilities of every installed distribution and of the images' pins, from the
+# vendored advisory snapshot (deploy/advisories) plus the index's data for latest releases
+audit: $(STAMP)
+	$(PY) deploy/audit.py --index
+	$(PY) deploy/audit.py -r deploy/constraints.txt
 
 bench: $(STAMP)
 	$(PY) bench/optim_step.py
