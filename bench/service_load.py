@@ -8,7 +8,9 @@ PostgreSQL, and drives it with concurrent asyncio clients, bounded in count and 
    `--poll-interval` seconds (as watchers do; the p99 target is about this phase),
    then back to back to find the most polls per second the service sustains;
 3. ingestion: `--ingest-clients` clients POST batches of `--batch` metric points to
-   running jobs for `--seconds`.
+   running jobs for `--seconds`;
+4. hostile: the paced polls again, while 3 anonymous clients send 2 MiB JSON bodies and
+   one job uploads 10,000 points at a time; printed as a ratio to the quiet polls.
 
 Targets on a 2-core machine: p99 status poll < 50 ms at 50 clients, >= 20,000 metric
 points/s ingested. The cluster is simulated inside the server process (every job is
@@ -244,6 +246,38 @@ async def drive(url: str, data_dir: Path, args: argparse.Namespace) -> dict[str,
     ingest_phase = await run_phase("ingestion", len(tokens), args.seconds, ingest)
     ingest_phase.count *= steps_per_batch * per_step  # count points, not requests
     out["ingest"] = ingest_phase
+
+    # hostile: the same paced polls while 3 anonymous clients send 2 MiB JSON bodies and
+    # one job uploads 10,000 points at a time, back to back
+    anonymous_body = json.dumps({"name": "x", "padding": ["a" * 1000] * 2000}).encode()
+    big_step = [10**9]
+
+    async def anonymous(http: httpx.AsyncClient, _i: int, _n: int) -> httpx.Response:
+        headers = {"Content-Type": "application/json"}
+        r = await http.post(f"{url}/v1/jobs", content=anonymous_body, headers=headers)
+        return httpx.Response(200) if r.status_code == 401 else r  # 401 is the answer
+
+    async def big_upload(http: httpx.AsyncClient, _i: int, _n: int) -> httpx.Response:
+        job = tokens[0]
+        start = big_step[0]
+        big_step[0] += 10_000
+        points = [
+            {"step": s, "name": "train/loss", "value": 1.0, "time": 1.0}
+            for s in range(start, start + 10_000)
+        ]
+        return await http.post(
+            f"{url}/v1/jobs/{job['job']}/metrics",
+            json={"points": points},
+            headers={"Authorization": f"Bearer {job['token']}"},
+        )
+
+    out["poll_hostile"], out["anonymous"], out["big_upload"] = await asyncio.gather(
+        run_phase(
+            "polls, hostile", args.poll_clients, args.seconds, poll, pace_s=args.poll_interval
+        ),
+        run_phase("anonymous 2 MiB", 3, args.seconds, anonymous),
+        run_phase("10k-point uploads", 1, args.seconds, big_upload),
+    )
     return out
 
 
@@ -363,6 +397,24 @@ def main() -> int:
                 f"{res['ingest'].rate:,.0f} points/s",
                 res["ingest"],
             ),
+            (
+                "polls hostile",
+                args.poll_clients,
+                f"{res['poll_hostile'].rate:,.0f} polls/s",
+                res["poll_hostile"],
+            ),
+            (
+                "anon 2 MiB",
+                3,
+                f"{res['anonymous'].rate:,.1f} req/s",
+                res["anonymous"],
+            ),
+            (
+                "10k uploads",
+                1,
+                f"{res['big_upload'].rate:,.1f} req/s",
+                res["big_upload"],
+            ),
         ]
         for phase, clients, rate, ph in rows:
             print(
@@ -375,6 +427,12 @@ def main() -> int:
             f"{label:<11} targets: status-poll p99 {res['poll'].pct(0.99):.1f} ms < 50 ms "
             f"{'OK' if poll_ok else 'MISSED'}; ingestion {res['ingest'].rate:,.0f} >= 20,000 points/s "
             f"{'OK' if ingest_ok else 'MISSED'}"
+        )
+        quiet, hostile = res["poll"], res["poll_hostile"]
+        print(
+            f"{label:<11} hostile/quiet status-poll ratio: p50 "
+            f"{hostile.pct(0.5) / quiet.pct(0.5):.2f}x, p99 {hostile.pct(0.99) / quiet.pct(0.99):.2f}x "
+            "(3 anonymous 2 MiB senders + 10k-point uploads vs none)"
         )
         ok = ok and poll_ok and ingest_ok
     return 0 if ok else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import importlib
 import importlib.util
 import logging
@@ -77,6 +78,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        _freeze_startup_heap()
         if scheduler is not None and start_scheduler:
             scheduler.start()
         try:
@@ -125,6 +127,15 @@ def create_app(
     app.add_middleware(SecurityHeaders)
     app.add_middleware(_TimingMiddleware, metrics=svc.metrics)
     return app
+
+
+def _freeze_startup_heap() -> None:
+    """Move everything alive at start-up (modules, the app, SQLAlchemy's and pydantic's
+    structures) out of the garbage collector's reach. Otherwise each full collection
+    walks all of it while holding the GIL: 100-150 ms pauses of the event loop, set off
+    by the allocations of a metric upload, measured with a 10,000-point upload."""
+    gc.collect()
+    gc.freeze()
 
 
 def _document_raw_bodies(app: FastAPI) -> None:

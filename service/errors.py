@@ -49,11 +49,15 @@ def error_response(
 async def send_error(
     send: Send, status_code: int, message: str, headers: dict[str, str] | None = None
 ) -> None:
-    """The same JSON error answer, sent by ASGI middleware that answers before the app."""
+    """The same JSON error answer, sent by ASGI middleware that answers before the app.
+
+    It closes the connection: the request's body was never read, and on a kept-alive
+    connection the server would have to read and discard all of it first."""
     data = json.dumps(ErrorResponse(message=message, errors=[]).model_dump(mode="json")).encode()
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(data)).encode()),
+        (b"connection", b"close"),
     ]
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status_code, "headers": raw_headers})
