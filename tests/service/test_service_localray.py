@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -180,8 +181,6 @@ def our_node_id(heads: Heads) -> str:
 @pytest.mark.timeout(420)
 def test_job_api_refuses_callers_without_our_token(heads: Heads) -> None:
     head = heads.ours
-    assert head.auth_token == (head.data_dir / TOKEN_FILE).read_text().strip()
-    assert stat.S_IMODE((head.data_dir / TOKEN_FILE).stat().st_mode) == 0o600
     jobs = f"{head.dashboard_url}/api/jobs/"
     run = {"entrypoint": "echo pwned"}
     assert httpx.post(jobs, json=run, timeout=10).status_code == 401
@@ -191,6 +190,9 @@ def test_job_api_refuses_callers_without_our_token(heads: Heads) -> None:
     r = httpx.get(jobs, headers=heads.auth, timeout=10)
     assert r.status_code == 200, r.text
     assert "pwned" not in r.text  # nothing of the refused submissions was stored
+    # the token: this data dir's own, private, and what the head was started with
+    assert head.auth_token == (head.data_dir / TOKEN_FILE).read_text().strip()
+    assert stat.S_IMODE((head.data_dir / TOKEN_FILE).stat().st_mode) == 0o600
 
 
 @pytest.mark.slow
@@ -201,12 +203,6 @@ def test_jobs_run_on_our_head_when_another_head_started_later(heads: Heads) -> N
     assert (heads.shared_tmp / "ray" / "ray_current_cluster").read_text().strip() == (
         heads.foreign_gcs
     )
-    # and ours never wrote there: it keeps its own temp dir and session, in a directory
-    # no other user can enter (Ray makes the dirs it creates 0777)
-    assert head.temp_dir is not None and head.temp_dir.parent == head.data_dir.resolve() / "ray"
-    assert stat.S_IMODE(head.temp_dir.parent.stat().st_mode) == 0o700
-    assert (head.temp_dir / "ray_current_cluster").read_text().strip() == head.gcs_address
-    assert any(p.name.startswith("session_2") for p in head.temp_dir.iterdir())
     code = (
         "import ray; ray.init(); c = ray.get_runtime_context(); "
         "print('NODE=' + c.get_node_id()); print('GCS=' + c.gcs_address)"
@@ -226,13 +222,25 @@ def test_jobs_run_on_our_head_when_another_head_started_later(heads: Heads) -> N
         ).json()
         return info if info["status"] in ("SUCCEEDED", "FAILED", "STOPPED") else None
 
-    info = wait_for(ended, 180, "the job to end")
-    logs = httpx.get(
-        f"{head.dashboard_url}/api/jobs/{job}/logs", headers=heads.auth, timeout=10
-    ).json()["logs"]
-    assert info["status"] == "SUCCEEDED", (info, logs)
-    assert f"GCS={head.gcs_address}" in logs, logs
-    assert f"NODE={our_node_id(heads)}" in logs, logs
+    def logs() -> str:
+        url = f"{head.dashboard_url}/api/jobs/{job}/logs"
+        return httpx.get(url, headers=heads.auth, timeout=10).json()["logs"]
+
+    try:
+        info = wait_for(ended, 120, "the job to end")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\njob log so far:\n{logs()[-3000:]}") from None
+    text = logs()
+    assert info["status"] == "SUCCEEDED", (info, text)
+    # on the code before this test, the supervisor sent the driver to the later head
+    assert f"NODE={our_node_id(heads)}" in text, text
+    assert f"GCS={head.gcs_address}" in text, text
+    # ours never wrote there: it keeps its own temp dir and session, in a directory
+    # no other user can enter (Ray makes the dirs it creates 0777)
+    assert head.temp_dir is not None and head.temp_dir.parent == head.data_dir.resolve() / "ray"
+    assert stat.S_IMODE(head.temp_dir.parent.stat().st_mode) == 0o700
+    assert (head.temp_dir / "ray_current_cluster").read_text().strip() == head.gcs_address
+    assert any(p.name.startswith("session_2") for p in head.temp_dir.iterdir())
 
 
 @pytest.mark.slow
@@ -380,14 +388,22 @@ def test_restart_after_a_crash_reattaches_and_sigterm_stops_the_head(tmp_path: P
 
 @pytest.mark.slow
 @pytest.mark.timeout(420)
-def test_sigint_stops_the_head_too(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_serve_locks_its_head_and_stops_it_on_a_signal(tmp_path: Path, sig: int) -> None:
     data = tmp_path / "data"
     svc = serve(data, tmp_path / "service.log", free_port())
     procs: list[psutil.Process] = []
     try:
         procs = the_head_of(svc)
         assert len(procs) >= 5
-        send(svc, signal.SIGINT)
+        # the head refuses callers without its token, and the service has that token
+        (ray_api,) = re.findall(r"Ray job API: (http://127\.0\.0\.1:\d+)", svc.log_path.read_text())
+        assert httpx.get(f"{ray_api}/api/jobs/", timeout=10).status_code == 401
+        c = httpx.Client(base_url=svc.url, headers=H, timeout=30)
+        wait_for(lambda: c.get("/readyz").status_code == 200, 60, "/readyz (asks Ray)")
+        t0 = time.monotonic()
+        rc = send(svc, sig)
+        print(f"{signal.Signals(sig).name} to exit: {time.monotonic() - t0:.1f} s (rc {rc})")
         assert not still_running(procs), still_running(procs)
         assert not (data / STATE_FILE).exists()
     finally:
