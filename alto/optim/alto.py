@@ -39,10 +39,14 @@ class ALTO(TrustRatioAdam):
     ``exp_avg`` (m), ``exp_avg_sq`` (v), ``diff_carry`` (c). States are float32 for
     fp32/bf16/fp16 parameters and float64 for float64 parameters.
 
+    ALTO is E's gradient transform followed by Lamb (``alto.optim._impl_single``
+    spells it out); defaults and bounds come from ``alto.defaults``.
+
     Args:
         params: parameters or parameter groups (dicts may override lr, betas, alpha,
-            eps, weight_decay).
-        lr: learning rate, >= 0.
+            eps, weight_decay, foreach, fused, maximize).
+        lr: learning rate, >= 0: a number, or a one-element tensor (kept as given,
+            so a scheduler or a captured graph can change it in place).
         betas: (b1, b2, b3), each in [0, 1): b1 for the gradient-difference EMA, b2
             and b3 for the Adam moments. Default: the paper's large-batch setting.
         alpha: acceleration factor; must satisfy |alpha| < 1/(1-b1).
@@ -54,9 +58,14 @@ class ALTO(TrustRatioAdam):
             inside step(), here it is explicit) or > 0 to clip the global gradient
             norm before the step. p.grad is never modified.
         on_nonfinite: "skip" (default), "raise" or "unchecked"; see ``step``.
-        foreach: None/True for the multi-tensor path, False for single-tensor.
-        fused: None (fused Triton path when all params are on CUDA and
-            ``alto.fused`` is importable), True (require it) or False.
+        foreach: None (the fastest path for each group's tensors: fused on CUDA,
+            cache-blocked on the CPU, else foreach), True (torch's multi-tensor
+            ops) or False (single-tensor reference). ``implementation`` names
+            what runs; see ``alto.optim._dispatch``.
+        fused: None (fused Triton path when all of a group's params are on CUDA
+            and ``alto.fused`` loads), True (require it; a ValueError says why it
+            cannot run) or False.
+        maximize: maximise the objective instead (the step uses -g).
         norm_reducer: called exactly once per step, as ``sq = norm_reducer(sq,
             params)``, with the float32 [N, 2] tensor of squared partial norms
             ``[||theta||^2, ||r||^2]`` of the N trust-ratio parameters that have a
