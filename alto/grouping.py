@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from alto import defaults as D
+
 _TORCH_NORMS: tuple[type[nn.Module], ...] = (
     nn.modules.batchnorm._NormBase,
     nn.LayerNorm,
@@ -30,7 +32,7 @@ def _is_norm(module: nn.Module) -> bool:
 
 def param_groups(
     model: nn.Module,
-    weight_decay: float = 1e-4,
+    weight_decay: float = D.ALTO.weight_decay,
     no_decay: Iterable[str] = ("norm", "bias"),
 ) -> list[dict[str, Any]]:
     """Split ``model``'s trainable parameters into decay / no-decay groups.

@@ -61,10 +61,26 @@ def _all_cuda(params: list[Tensor]) -> bool:
     return bool(params) and all(p.device.type == "cuda" for p in params)
 
 
-def resolve(foreach: bool | None, fused: bool | None, params: list[Tensor]) -> Implementation:
-    """The implementation for one parameter group (see the module docstring)."""
+def resolve(
+    foreach: bool | None,
+    fused: bool | None,
+    params: list[Tensor],
+    differentiable: bool = False,
+) -> Implementation:
+    """The implementation for one parameter group (see the module docstring).
+
+    ``differentiable`` (E around a base built with differentiable=True): "single",
+    whose out-of-place form autograd can see through.
+    """
     if fused and foreach:
         raise ValueError("foreach=True and fused=True cannot both be set; choose one")
+    if differentiable:
+        if fused:
+            raise ValueError(
+                "fused=True cannot build a differentiable g~ (the base optimizer has "
+                "differentiable=True); use fused=None or False"
+            )
+        return SINGLE
     all_cuda = _all_cuda(params)
     if fused:
         if not all_cuda and not _interpreter_requested():
@@ -100,17 +116,18 @@ class GroupDispatch:
         self.fused = fused
         self._cache: list[tuple[Any, ...] | None] = []
 
-    def flags(self, group: Mapping[str, Any]) -> tuple[bool | None, bool | None]:
-        return group.get("foreach", self.foreach), group.get("fused", self.fused)
+    def flags(self, group: Mapping[str, Any]) -> tuple[bool | None, bool | None, bool]:
+        return group.get("foreach", self.foreach), group.get("fused", self.fused), False
 
     def for_group(
         self,
         index: int,
         group: dict[str, Any],
-        flags: tuple[bool | None, bool | None] | None = None,
+        flags: tuple[bool | None, bool | None, bool] | None = None,
     ) -> Implementation:
         """The implementation of ``group`` (the index-th), resolved once; ``flags``
-        (foreach, fused) default to the group's keys, then the optimizer's."""
+        (foreach, fused, differentiable) default to the group's keys, then the
+        optimizer's."""
         if index >= len(self._cache):
             self._cache.extend([None] * (index + 1 - len(self._cache)))
         params = group["params"]
@@ -124,7 +141,8 @@ class GroupDispatch:
             and hit[3] == flags
         ):
             return hit[4]
-        impl = resolve(*flags, list(params))
+        foreach, fused, differentiable = flags
+        impl = resolve(foreach, fused, list(params), differentiable)
         self._cache[index] = (group, params, len(params), flags, impl)
         return impl
 

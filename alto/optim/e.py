@@ -22,7 +22,7 @@ from alto.optim import _validate as check
 from alto.optim._base import NonFinitePolicy
 from alto.optim._common import global_grad_norm, state_dtype
 from alto.optim._dispatch import GroupDispatch, summary
-from alto.optim._impl_single import SINGLE
+from alto.optim._protocol import Implementation
 
 CARRY_KEY = "diff_carry"
 
@@ -86,11 +86,6 @@ class E(torch.optim.Optimizer):
         self.fused = check.optional_bool("fused", fused)
         if fused and foreach:
             raise ValueError("foreach=True and fused=True cannot both be set; choose one")
-        if fused and base_optimizer.defaults.get("differentiable", False):
-            raise ValueError(
-                "fused=True cannot build a differentiable g~ (the base optimizer has "
-                "differentiable=True); use fused=None or False"
-            )
         self.base = base_optimizer
         # What torch.optim.Optimizer.__init__ sets up, minus the param groups, which
         # are the base's (see the property below).
@@ -114,11 +109,10 @@ class E(torch.optim.Optimizer):
     def _differentiable(self) -> bool:
         return bool(self.base.defaults.get("differentiable", False))
 
-    def _impl(self, index: int, group: dict[str, Any]):
-        if self._differentiable():
-            return SINGLE
+    def _impl(self, index: int, group: dict[str, Any]) -> Implementation:
         # E's own flags: a group's "foreach"/"fused" keys are the base's settings.
-        return self._dispatch.for_group(index, group, (self.foreach, self.fused))
+        flags = (self.foreach, self.fused, self._differentiable())
+        return self._dispatch.for_group(index, group, flags)
 
     @property
     def implementations(self) -> list[str]:
@@ -205,7 +199,9 @@ class E(torch.optim.Optimizer):
                 plan.append((self._impl(gi, group), params, grads))
         return plan
 
-    def _explore(self, impl: Any, params: list[Tensor], grads: list[Tensor]) -> list[Tensor]:
+    def _explore(
+        self, impl: Implementation, params: list[Tensor], grads: list[Tensor]
+    ) -> list[Tensor]:
         """g~ for one group; advances the carries."""
         carries = [self._carry(p) for p in params]
         if not self._differentiable():

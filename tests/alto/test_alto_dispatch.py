@@ -75,3 +75,25 @@ def test_cpu_dispatch_defaults() -> None:
     assert Lamb(p, foreach=False).implementation == "single"
     assert E(torch.optim.SGD(p, lr=0.1)).implementation == "blocked"
     assert E(torch.optim.SGD(p, lr=0.1), foreach=True).implementation == "foreach"
+
+
+def test_every_implementation_follows_the_protocol() -> None:
+    import inspect
+
+    from alto.optim._impl_blocked import BLOCKED
+    from alto.optim._impl_foreach import FOREACH
+    from alto.optim._impl_single import SINGLE
+    from alto.optim._protocol import NAMES, Implementation
+
+    impls = [SINGLE, FOREACH, BLOCKED]
+    if importlib.util.find_spec("triton") is not None:
+        from alto.fused import FUSED
+
+        impls.append(FUSED)
+    for impl in impls:
+        assert isinstance(impl, Implementation), impl
+        assert impl.name in NAMES
+        for method in ("moments_and_sq_norms", "apply_update", "e_transform"):
+            want = inspect.signature(getattr(Implementation, method))
+            got = inspect.signature(getattr(type(impl), method))
+            assert list(got.parameters) == list(want.parameters), (impl.name, method)
