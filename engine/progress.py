@@ -112,11 +112,18 @@ class ProgressReporter:
     def _run_plain(self) -> None:
         every = max(1, self.total // 20)
         printed = 0
-        while not self._stop.wait(1.0):
+        while True:
+            stopping = self._stop.wait(1.0)
             state = self.follower.poll()
-            if state.step >= printed + every or (state.step == self.total and printed < self.total):
+            due = state.step >= printed + every or (
+                state.step == self.total and printed < self.total
+            )
+            # the run may end between two polls: its last step is always printed
+            if due or (stopping and state.step > printed):
                 print(status_line(state, self.total), flush=True)
                 printed = state.step
+            if stopping:
+                return
 
     def _run_rich(self) -> None:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
