@@ -13,7 +13,7 @@ from pathlib import Path
 import uvicorn
 
 from service.app import create_app
-from service.auth import ADMIN_OWNER, create_token
+from service.auth import serve_admin_token
 from service.localray import LocalRayHead
 from service.settings import Settings
 
@@ -84,7 +84,7 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
             address = head.dashboard_url
             settings.ray_auth_token = head.auth_token
         settings.ray_address = address
-        token = settings.admin_token or create_token(settings, ADMIN_OWNER, admin=True)
+        token = serve_admin_token(settings)  # reused across restarts, not minted anew
         app = create_app(settings)
         print(f"ALTO service: {settings.public_url}  (Ray job API: {address})", flush=True)
         print(f"token: {token}", flush=True)

@@ -47,6 +47,7 @@ def service(tmp_path: Path, head: LocalRayHead, port: int, entrypoint: str) -> S
     env = {
         "ALTO_DATA_DIR": str(tmp_path / "data"),
         "ALTO_RAY_ADDRESS": head.dashboard_url,
+        "ALTO_RAY_AUTH_TOKEN": head.auth_token,  # the local head always has token auth on
         "ALTO_ADMIN_TOKEN": ADMIN,
         "ALTO_SCHEDULER_INTERVAL_S": "0.5",
         "ALTO_ENGINE_ENTRYPOINT": entrypoint,
