@@ -15,11 +15,13 @@ def test_the_last_step_is_printed_even_when_the_run_ends_between_two_polls(
 ) -> None:
     log = tmp_path / "metrics.jsonl"
     log.write_text("")
-    with ProgressReporter(MetricFollower(log), total=12, title="t", tty=False):
-        with log.open("a") as f:
-            for step in range(1, 13):
-                point = {"step": step, "name": "train/loss", "value": 1.0, "time": 0.0}
-                f.write(json.dumps(point) + "\n")
-        # the run ends well within the reporter's one-second polling period
+    # the run ends well within the reporter's one-second polling period
+    with (
+        ProgressReporter(MetricFollower(log), total=12, title="t", tty=False),
+        log.open("a") as f,
+    ):
+        for step in range(1, 13):
+            point = {"step": step, "name": "train/loss", "value": 1.0, "time": 0.0}
+            f.write(json.dumps(point) + "\n")
     out = capsys.readouterr().out
     assert "step 12/12" in out.splitlines()[-1]
