@@ -56,7 +56,7 @@ RUN useradd --create-home --uid 1000 --shell /bin/bash ray \
  && mkdir -p /mnt/alto && chown ray:ray /mnt/alto
 COPY --from=build /opt/venv /opt/venv
 # the presets, so a RayJob or `ray job submit` can name /opt/alto/configs/<preset>.yaml
-COPY configs /opt/alto/configs
+COPY service/configs /opt/alto/configs
 # numeric, so Kubernetes' runAsNonRoot can verify it
 USER 1000:1000
 WORKDIR /home/ray

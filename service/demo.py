@@ -19,9 +19,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from importlib.resources import files
 from pathlib import Path
-
-from rich.console import Console
 
 from alto_client.client import Client, load_spec
 from alto_client.errors import AltoError
@@ -30,6 +29,7 @@ from alto_client.render import comparison_table, fmt_duration
 from alto_client.report import write_report
 from alto_client.spec import JobSpec
 from alto_client.watch import watch_jobs
+from rich.console import Console
 
 DEMO_SPEC = "tiny-moe-cpu.yaml"
 READY_TIMEOUT_S = 180.0
@@ -40,21 +40,23 @@ class DemoError(AltoError):
 
 
 def find_demo_spec(explicit: Path | None) -> Path:
-    """The spec to run: the given one, else configs/tiny-moe-cpu.yaml here or in the project."""
+    """The spec to run: the given one, else the tiny-moe-cpu.yaml that ships with the
+    service package (package data; the repository's configs/ points at it)."""
     if explicit is not None:
         if not explicit.is_file():
             raise DemoError(f"--spec: no such file {str(explicit)!r}")
         return explicit
-    candidates = [Path.cwd() / "configs" / DEMO_SPEC]
-    with contextlib.suppress(ImportError):
-        import service
+    shipped = shipped_config(DEMO_SPEC)
+    if not shipped.is_file():
+        raise DemoError(
+            f"the service package has no {DEMO_SPEC} (looked at {shipped}); pass --spec"
+        )
+    return shipped
 
-        candidates.append(Path(service.__file__).resolve().parent.parent / "configs" / DEMO_SPEC)
-    for path in candidates:
-        if path.is_file():
-            return path
-    where = ", ".join(str(p) for p in candidates)
-    raise DemoError(f"cannot find the demo spec {DEMO_SPEC} (looked in {where}); pass --spec")
+
+def shipped_config(name: str) -> Path:
+    """A job spec that ships with the service package (`service/configs/NAME`)."""
+    return Path(str(files("service").joinpath("configs", name)))
 
 
 def _free_port() -> int:
@@ -202,7 +204,7 @@ def _run(
             console.print(f"comparison {comp.id}: {len(job_ids)} jobs submitted")
             final = watch_jobs(client, job_ids, console=console)
             comp = client.comparison(comp.id)
-            console.print(comparison_table(comp))
+            console.print(comparison_table(comp, console.width))
             plot = client.plot(comp.id, data_dir / "comparison.png")
             report = write_report(client, comp.id, data_dir / "report.html")
             ok = all(j.status == JobStatus.SUCCEEDED for j in final)
