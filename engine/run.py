@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from alto_client.spec import JobSpec, SpecError, SpecProblem
+from alto_client.spec import JobSpec, SpecError, SpecProblem, parse_overrides
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -31,14 +31,6 @@ def load_spec(source: str) -> JobSpec:
             raise SpecError([SpecProblem("", f"environment variable {name!r} is not set")], source)
         return JobSpec.from_json(text)
     return JobSpec.load(source)
-
-
-def _parse_value(text: str) -> Any:
-    """``--set`` values are JSON when they parse as JSON (numbers, bools, lists), else strings."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -61,39 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in args.set:
-        field, sep, value = item.partition("=")
-        if not sep or not field:
-            raise SpecError([SpecProblem(item, "--set needs FIELD=VALUE")], "command line")
-        out[field] = _parse_value(value)
+    out = parse_overrides(args.set)
     if args.steps is not None:
         out["training.steps"] = args.steps
     return out
-
-
-def _with_overrides(spec: JobSpec, overrides: dict[str, Any]) -> JobSpec:
-    """Apply overrides; a section given as a whole (optimizer={...}) replaces it."""
-    if not overrides:
-        return spec
-    data = spec.model_dump(mode="python")
-    for dotted, value in overrides.items():
-        if dotted == "optimizer.name":  # switching optimizers drops the old hyperparameters
-            data["optimizer"] = {"name": value}
-            continue
-        node = data
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            if not isinstance(node.get(part), dict):
-                raise SpecError([SpecProblem(dotted, "no such section in the job spec")])
-            node = node[part]
-        node[leaf] = value
-    if "training.steps" in overrides and "training.warmup_steps" not in overrides:
-        t = data["training"]
-        t["warmup_steps"] = min(t["warmup_steps"], max(0, t["steps"] - 1))
-        if t.get("lr_decay_steps") is not None:
-            t["lr_decay_steps"] = min(t["lr_decay_steps"], t["steps"])
-    return JobSpec.from_dict(data, "job spec with overrides")
 
 
 def _print_problems(err: SpecError) -> None:
@@ -123,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron(\.|$)")
     args = parse_args(argv)
     try:
-        spec = _with_overrides(load_spec(args.spec), _overrides(args))
+        spec = load_spec(args.spec).with_overrides(_overrides(args))
         if args.check:
             from engine.preflight import preflight
 

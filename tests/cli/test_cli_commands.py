@@ -57,6 +57,26 @@ def test_submit_watch_runs_to_the_end(runner: CliRunner, spec_file: Path) -> Non
     assert "8/8" in result.stderr  # the progress bar reached the end
 
 
+def test_submit_switches_optimizers_like_the_engine(runner: CliRunner, spec_file: Path) -> None:
+    """`--set optimizer.name=adamw` on an ALTO spec used to fail with "optimizer.alpha:
+    Extra inputs are not permitted" here while the engine accepted it."""
+    result = runner.invoke(
+        app,
+        [
+            "submit",
+            str(spec_file),
+            "--set",
+            "optimizer.name=adamw",
+            "--set",
+            "optimizer.beta2=0.95",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    job = json.loads(runner.invoke(app, ["status", result.stdout.split()[-1], "--json"]).stdout)
+    assert job["spec"]["optimizer"]["name"] == "adamw"
+    assert job["spec"]["optimizer"]["beta2"] == 0.95
+
+
 def test_jobs_lists_with_filters_and_json(runner: CliRunner, spec_file: Path) -> None:
     ids = [runner.invoke(app, ["submit", str(spec_file)]).stdout.split()[-1] for _ in range(3)]
     result = runner.invoke(app, ["jobs", "--tag", _tag(spec_file), "--json"])

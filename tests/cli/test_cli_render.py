@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 
-from alto_client.models import ArmSummary, Comparison, JobStatus
+import pytest
+from alto_client.models import (
+    ArmSummary,
+    Comparison,
+    ComparisonInfo,
+    Job,
+    JobStatus,
+    LatestMetric,
+)
 from alto_client.render import (
     comparison_rows,
+    comparison_table,
+    comparisons_table,
     fmt_bytes,
     fmt_duration,
     fmt_mean_std,
@@ -14,8 +25,10 @@ from alto_client.render import (
     fmt_num,
     fmt_rate,
     fmt_signed,
+    jobs_table,
 )
 from alto_client.report import comparison_html
+from rich.console import Console
 
 
 def test_formatters() -> None:
@@ -86,3 +99,67 @@ def test_demo_reports_a_missing_spec_and_an_unusable_data_dir(tmp_path) -> None:
     )
     assert bad_dir.exit_code == 1 and str(blocker) in bad_dir.stderr
     assert "Traceback" not in bad_dir.output
+
+
+def _job(i: int, status: JobStatus) -> Job:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    point = LatestMetric(step=87, value=2.2871234, time=1.0)
+    return Job(
+        id=f"{i:032x}",
+        name=f"tiny-moe-cpu/alto/seed{i}-with-a-long-name",
+        owner="alice@example.org",
+        tags=[],
+        status=status,
+        spec={"training": {"steps": 100}},
+        created_at=now,
+        updated_at=now,
+        latest_metrics={"train/loss": point, "val/loss": point},
+    )
+
+
+def _render(table, width: int) -> list[str]:
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(table)
+    return console.export_text().splitlines()
+
+
+@pytest.mark.parametrize("width", [80, 100])
+def test_tables_read_well_at_80_columns(width: int) -> None:
+    """Ids, statuses and numbers are never cut ("SUCC…", "2.2…"); lines fit the width."""
+    jobs = [_job(i, s) for i, s in enumerate(JobStatus)]
+    lines = _render(jobs_table(jobs, width), width)
+    text = "\n".join(lines)
+    assert max(len(line) for line in lines) <= width
+    for job in jobs:
+        assert job.id in text and job.status.value in text
+    assert "2.287" in text and "87/100" in text
+    comp = _comparison()
+    lines = _render(comparison_table(comp, width), width)
+    text = "\n".join(lines)
+    assert max(len(line) for line in lines) <= width
+    assert "…" not in text
+    for needle in ("alto", "adamw (baseline)", "SUCCEEDED", "2.5", "-0.25", "not reached"):
+        assert needle in text, needle
+    info = ComparisonInfo(
+        id="f" * 32,
+        name="a long comparison name that would push the table wide",
+        owner="alice@example.org",
+        status=JobStatus.RUNNING,
+        baseline="adamw",
+        arms=["alto", "adamw", "e"],
+        seeds=[1, 2, 3],
+        jobs=9,
+        created_at=datetime(2026, 1, 1, tzinfo=UTC),
+    )
+    lines = _render(comparisons_table([info], width), width)
+    text = "\n".join(lines)
+    assert max(len(line) for line in lines) <= width
+    assert "f" * 32 in text and "RUNNING" in text and "adamw, alto, e" in text
+
+
+def test_wide_tables_show_every_column() -> None:
+    jobs = [_job(1, JobStatus.SUCCEEDED)]
+    assert "alice@example.org" in "\n".join(_render(jobs_table(jobs, None), 200))
+    assert "alice@example.org" not in "\n".join(_render(jobs_table(jobs, 80), 80))
+    wide = "\n".join(_render(comparison_table(_comparison(), None), 200))
+    assert "final val loss" in wide.splitlines()[2] or "final val loss" in wide

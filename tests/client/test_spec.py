@@ -16,6 +16,8 @@ from alto_client.spec import (
     JobSpec,
     SpecError,
     alto_paper_defaults,
+    parse_override,
+    parse_overrides,
 )
 from pydantic import ValidationError
 
@@ -320,3 +322,49 @@ def test_metric_points_round_trip_including_nan() -> None:
     assert len(set(ALL_METRICS)) == len(ALL_METRICS) == 14
     with pytest.raises(ValidationError):
         MetricPoint(step="1", name=TRAIN_LOSS, value=1.0, time=0.0)
+
+
+# ---------------------------------------------------------------- one override rule
+
+
+def test_switching_the_optimizer_resets_its_section_whatever_the_order() -> None:
+    spec = JobSpec.from_yaml("optimizer: {name: alto, alpha: 0.3, weight_decay: 0.5}\n")
+    for order in (
+        {"optimizer.name": "adamw", "optimizer.beta2": 0.95},
+        {"optimizer.beta2": 0.95, "optimizer.name": "adamw"},
+    ):
+        switched = spec.with_overrides(order)
+        assert isinstance(switched.optimizer, AdamWSpec)
+        assert switched.optimizer.beta2 == 0.95
+        assert switched.optimizer.weight_decay == AdamWSpec().weight_decay  # not ALTO's 0.5
+    same = spec.with_overrides({"optimizer.name": "alto", "optimizer.eps": 1e-7})
+    assert same.optimizer.alpha == 0.3 and same.optimizer.eps == 1e-7  # not a switch
+    whole = spec.with_overrides({"optimizer": {"name": "e", "base": "sgd"}})
+    assert isinstance(whole.optimizer, ESpec) and whole.optimizer.base == "sgd"
+
+
+def test_overrides_name_unknown_fields_and_clamp_the_schedule() -> None:
+    spec = JobSpec.from_yaml("training: {steps: 100, warmup_steps: 50, lr_decay_steps: 90}\n")
+    short = spec.with_overrides({"training.steps": 10})
+    assert (short.training.warmup_steps, short.training.lr_decay_steps) == (9, 10)
+    kept = spec.with_overrides({"training.steps": 10, "training.warmup_steps": 2})
+    assert kept.training.warmup_steps == 2
+    with pytest.raises(SpecError, match="no such section"):
+        spec.with_overrides({"trainig.steps": 1})
+    with pytest.raises(SpecError, match="no such field"):
+        spec.with_overrides({"training.stepz": 1})
+    with pytest.raises(SpecError) as info:
+        spec.with_overrides({"optimizer.name": "adamw", "optimizer.alpha": 0.5})
+    assert any("optimizer.alpha" in p.field for p in info.value.problems)
+
+
+def test_set_items_parse_as_yaml_values() -> None:
+    assert parse_overrides(["training.steps=20", "optimizer.name=adamw", "x.y=[1, 2]"]) == {
+        "training.steps": 20,
+        "optimizer.name": "adamw",
+        "x.y": [1, 2],
+    }
+    assert parse_override("a.b=true") == ("a.b", True)
+    assert parse_override("data.files=") == ("data.files", "")
+    with pytest.raises(SpecError, match="FIELD=VALUE"):
+        parse_override("no-equals")

@@ -105,6 +105,20 @@ def test_env_spec_and_overrides(
     assert code == EXIT_INVALID and "training.micro_batch_size" in out
 
 
+def test_engine_switches_optimizers_by_the_shared_rule(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], cache_dir: Path
+) -> None:
+    """`--set optimizer.name=adamw` on an ALTO spec: ALTO's alpha goes, adamw's fields
+    apply (the same rule as `alto submit --set`, JobSpec.with_overrides)."""
+    spec = write(tmp_path, "data: {max_bytes: 20000}\noptimizer: {name: alto, alpha: 0.3}\n")
+    code, out = run_main(
+        capsys, spec, "--check", "--set", "optimizer.name=adamw", "--set", "optimizer.beta2=0.95"
+    )
+    assert code == EXIT_OK, out
+    code, out = run_main(capsys, spec, "--check", "--set", "optimizer.alpha")
+    assert code == EXIT_INVALID and "FIELD=VALUE" in out
+
+
 def test_module_entry_point_runs(tmp_path: Path) -> None:
     """The exact command the service launches, as a subprocess (invalid spec: no Ray)."""
     proc = subprocess.run(

@@ -128,19 +128,70 @@ def job_steps(job: Job) -> int | None:
     return steps if isinstance(steps, int) else None
 
 
-def jobs_table(jobs: list[Job]) -> Table:
-    """The jobs list; step/loss columns appear when the service sends latest metrics."""
+WIDE = 120
+"""Terminal width from which listings show every column; narrower ones (80 columns, a
+pipe or a CI log) keep the columns a reader needs whole and drop the rest."""
+
+
+def is_wide(width: int | None) -> bool:
+    """Whether a table of this width shows every column (None: as wide as it takes)."""
+    return width is None or width >= WIDE
+
+
+def _fit(
+    headers: list[str], rows: list[list[str]], width: int | None, flexible: int
+) -> list[int | None]:
+    """Column widths for a table without borders (one space of padding each side): every
+    column as wide as its widest cell, except column `flexible`, which gets what is left
+    of `width` (None: no limit; 0: no room, leave the column out)."""
+    natural = [max([len(h)] + [len(_plain(r[i])) for r in rows]) for i, h in enumerate(headers)]
+    out: list[int | None] = list(natural)
+    if width is None:
+        out[flexible] = None
+        return out
+    rest = width - sum(n + 2 for i, n in enumerate(natural) if i != flexible) - 2
+    out[flexible] = min(natural[flexible], rest) if rest >= 8 else 0
+    return out
+
+
+def _plain(cell: str) -> str:
+    """A cell's text without rich markup (what takes room on the screen)."""
+    from rich.text import Text
+
+    return Text.from_markup(cell).plain
+
+
+def _table(
+    headers: list[str], rows: list[list[str]], widths: list[int | None], right: set[int]
+) -> Table:
+    table = Table(title=None, show_lines=False, box=None)
+    keep = [i for i, w in enumerate(widths) if w != 0]
+    for i in keep:
+        table.add_column(
+            headers[i],
+            justify="right" if i in right else "left",
+            no_wrap=True,
+            overflow="ellipsis",
+            width=widths[i],
+            style="bold" if i == 0 else None,
+        )
+    for row in rows:
+        table.add_row(*(row[i] for i in keep))
+    return table
+
+
+def jobs_table(jobs: list[Job], width: int | None = None) -> Table:
+    """The jobs list; step/loss columns appear when the service sends latest metrics.
+    Below `WIDE` columns the owner and creation time go, and the name takes what is left,
+    so ids, statuses and numbers are never cut."""
+    wide = is_wide(width)
     with_metrics = any(job.latest_metrics for job in jobs)
-    table = Table(title=None, show_lines=False)
-    table.add_column("id", style="bold", no_wrap=True)
-    table.add_column("name")
-    table.add_column("status")
+    headers = ["id", "name", "status"]
     if with_metrics:
-        table.add_column("step", justify="right")
-        table.add_column("loss", justify="right")
-        table.add_column("val loss", justify="right")
-    table.add_column("owner")
-    table.add_column("created")
+        headers += ["step", "loss", "val loss"]
+    if wide:
+        headers += ["owner", "created"]
+    rows = []
     for job in jobs:
         row = [job.id, job.name, status_text(job.status)]
         if with_metrics:
@@ -153,35 +204,29 @@ def jobs_table(jobs: list[Job]) -> Table:
                 fmt_num(loss.value if loss else None),
                 fmt_num(val.value if val else None),
             ]
-        row += [job.owner, fmt_time(job.created_at)]
-        table.add_row(*row)
-    return table
+        if wide:
+            row += [job.owner, fmt_time(job.created_at)]
+        rows.append(row)
+    right = {3, 4, 5} if with_metrics else set()
+    return _table(headers, rows, _fit(headers, rows, None if wide else width, 1), right)
 
 
-def comparisons_table(items: list[ComparisonInfo]) -> Table:
-    """The comparisons list: what each compares and how its jobs stand."""
-    table = Table(title=None, show_lines=False)
-    table.add_column("id", style="bold", no_wrap=True)
-    table.add_column("name")
-    table.add_column("status")
-    table.add_column("arms (baseline first)")
-    table.add_column("seeds", justify="right")
-    table.add_column("jobs", justify="right")
-    table.add_column("owner")
-    table.add_column("created")
+def comparisons_table(items: list[ComparisonInfo], width: int | None = None) -> Table:
+    """The comparisons list: what each compares and how its jobs stand (below `WIDE`
+    columns: id, status, jobs, and the arms in what room is left)."""
+    wide = is_wide(width)
+    headers = ["id", "status", "jobs", "arms (baseline first)"]
+    if wide:
+        headers += ["name", "seeds", "owner", "created"]
+    rows = []
     for comp in items:
         arms = [comp.baseline] + [a for a in comp.arms if a != comp.baseline]
-        table.add_row(
-            comp.id,
-            comp.name,
-            status_text(comp.status),
-            ", ".join(arms),
-            str(len(comp.seeds)),
-            str(comp.jobs),
-            comp.owner,
-            fmt_time(comp.created_at),
-        )
-    return table
+        row = [comp.id, status_text(comp.status), str(comp.jobs), ", ".join(arms)]
+        if wide:
+            row += [comp.name, str(len(comp.seeds)), comp.owner, fmt_time(comp.created_at)]
+        rows.append(row)
+    right = {2, 5}
+    return _table(headers, rows, _fit(headers, rows, None if wide else width, 3), right)
 
 
 def job_table(job: Job) -> Table:
@@ -252,12 +297,25 @@ def comparison_rows(comp: Comparison) -> list[list[str]]:
     return rows
 
 
-def comparison_table(comp: Comparison) -> Table:
+def comparison_table(comp: Comparison, width: int | None = None) -> Table:
+    """The summary: one row per arm when the terminal is `WIDE`; else stacked, one row
+    per measure and one column per arm, which fits 80 columns for up to three arms."""
     seeds = ", ".join(str(s) for s in comp.seeds)
-    table = Table(title=f"comparison {comp.id} · {comp.name} · seeds {seeds}")
-    for i, column in enumerate(COMPARISON_COLUMNS):
-        table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i == 0)
-    for arm, row in zip(comp.arms, comparison_rows(comp)):
-        row[1] = status_text(arm.status)
-        table.add_row(*row)
+    title = f"comparison {comp.id} · {comp.name} · seeds {seeds}"
+    rows = comparison_rows(comp)
+    if is_wide(width):
+        table = Table(title=title)
+        for i, column in enumerate(COMPARISON_COLUMNS):
+            table.add_column(column, justify="left" if i < 2 else "right", no_wrap=i == 0)
+        for arm, row in zip(comp.arms, rows):
+            row[1] = status_text(arm.status)
+            table.add_row(*row)
+        return table
+    table = Table(title=title, title_justify="left", show_lines=False)
+    table.add_column("", style="bold", no_wrap=True)
+    for row in rows:
+        table.add_column(row[0], justify="right", overflow="fold")
+    for i, measure in enumerate(COMPARISON_COLUMNS[1:], start=1):
+        cells = [status_text(arm.status) if i == 1 else row[i] for arm, row in zip(comp.arms, rows)]
+        table.add_row(measure, *cells)
     return table
