@@ -42,7 +42,7 @@ def test_service_error_response_keeps_message_and_field_paths() -> None:
         (404, errors.NotFound),
         (409, errors.Conflict),
         (413, errors.PayloadTooLarge),
-        (429, errors.RateLimited),
+        (429, errors.ApiError),  # the service never sends 429: no class of its own
         (500, errors.ServerError),
         (503, errors.ServerError),
         (418, errors.ApiError),
@@ -60,7 +60,29 @@ def test_fastapi_detail_string_and_list_shapes() -> None:
         {"detail": [{"loc": ["query", "limit"], "msg": "must be >= 1", "type": "x"}]}, "fb"
     )
     assert message == "invalid request"
-    assert fields == [FieldError("limit", "must be >= 1")]
+    assert fields == [FieldError(loc=["limit"], msg="must be >= 1", type="x")]
+    assert fields[0].field == "limit" and fields[0].message == "must be >= 1"
+
+
+def test_field_error_is_one_definition_for_wire_client_and_spec() -> None:
+    from alto_client import models
+
+    assert models.FieldError is errors.FieldError
+    wire = models.ErrorResponse.model_validate(
+        {"message": "bad", "errors": [{"loc": ["body", "data", "files", 0], "msg": "missing"}]}
+    )
+    assert wire.errors[0].loc == ["body", "data", "files", 0]
+    # a dotted path reads back the same, list indices as ints, so both spellings are equal
+    problem = FieldError("data.files.0", "missing")
+    assert problem == FieldError(loc=["data", "files", 0], msg="missing")
+    assert problem.field == "data.files.0" and str(problem) == "data.files.0: missing"
+    assert str(FieldError("", "not valid YAML")) == "not valid YAML"
+    assert problem == FieldError(field="data.files.0", message="missing")
+    # the service re-roots a location in place (service/ingest.py, routers/comparisons.py)
+    problem.loc = ["body", *problem.loc]
+    problem.loc[3] += 1
+    assert problem.loc == ["body", "data", "files", 1]
+    assert wire.model_dump(mode="json")["errors"][0]["loc"] == ["body", "data", "files", 0]
 
 
 def test_plain_text_and_empty_bodies_fall_back() -> None:

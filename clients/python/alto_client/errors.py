@@ -10,21 +10,60 @@ print one clear line. Connection problems that survive the retries become
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+_SOURCES = frozenset({"body", "query", "path", "header"})
 
 
-@dataclass(frozen=True)
-class FieldError:
-    """One bad field as the server reported it: a dotted path and what is wrong."""
+def _loc_of(field: str) -> list[str | int]:
+    """``"data.files.0"`` as a location: ``["data", "files", 0]``."""
+    if not field:
+        return []
+    return [int(p) if p.isdigit() and str(int(p)) == p else p for p in field.split(".")]
 
-    field: str
-    message: str
+
+class FieldError(BaseModel):
+    """One bad field: where it is (``loc``) and what is wrong with it (``msg``).
+
+    The one definition of "one bad field" for the whole project: the service
+    sends a list of these in every error body (``ErrorResponse.errors``, the
+    wire shape FastAPI and pydantic use: ``loc``, ``msg``, ``type``), the client
+    raises them in ``ApiError.field_errors``, and a spec checked on the client
+    lists them in ``SpecError.problems`` (``alto_client.spec.SpecProblem`` is
+    this class). ``FieldError("training.steps", "must be > 0")`` builds one from
+    a dotted path; ``field`` and ``message`` read it back that way.
+
+    Unknown keys are ignored when parsing, so a newer server may add some. Not
+    frozen: the service re-roots locations in place (``e.loc = ["body", ...]``).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    loc: list[str | int] = Field(default_factory=list)
+    msg: str
+    type: str = "value_error"
+
+    def __init__(self, field: str | None = None, message: str | None = None, **data: Any) -> None:
+        if field is not None:
+            data["loc"] = _loc_of(field)
+        if message is not None:
+            data["msg"] = message
+        super().__init__(**data)
+
+    @property
+    def field(self) -> str:
+        """The location as a dotted path (``training.steps``, ``data.files.0``)."""
+        return ".".join(str(part) for part in self.loc)
+
+    @property
+    def message(self) -> str:
+        return self.msg
 
     def __str__(self) -> str:
-        return f"{self.field}: {self.message}" if self.field else self.message
+        return f"{self.field}: {self.msg}" if self.loc else self.msg
 
 
 class AltoError(Exception):
@@ -113,10 +152,6 @@ class ValidationFailed(ApiError):
     """422: the spec or parameters are invalid; ``field_errors`` lists every problem."""
 
 
-class RateLimited(ApiError):
-    """429: too many requests."""
-
-
 class ServerError(ApiError):
     """5xx: the server failed; retried for idempotent calls before it is raised."""
 
@@ -129,18 +164,17 @@ _BY_STATUS: dict[int, type[ApiError]] = {
     409: Conflict,
     413: PayloadTooLarge,
     422: ValidationFailed,
-    429: RateLimited,
 }
 
 
-def _field_path(loc: Any) -> str:
+def _location(loc: Any) -> list[str | int]:
     if isinstance(loc, (list, tuple)):
-        parts = [str(p) for p in loc]
+        parts = [p if isinstance(p, int) else str(p) for p in loc]
         # FastAPI prefixes the location with where the value came from.
-        if parts and parts[0] in {"body", "query", "path", "header"}:
+        if parts and parts[0] in _SOURCES:
             parts = parts[1:]
-        return ".".join(parts)
-    return "" if loc is None else str(loc)
+        return parts
+    return [] if loc is None else _loc_of(str(loc))
 
 
 def _parse_field_errors(items: Any) -> list[FieldError]:
@@ -150,10 +184,11 @@ def _parse_field_errors(items: Any) -> list[FieldError]:
     for item in items:
         if isinstance(item, dict):
             field = item.get("field")
-            if field is None:
-                field = _field_path(item.get("loc"))
+            loc = _loc_of(str(field)) if field is not None else _location(item.get("loc"))
             message = item.get("message") or item.get("msg") or ""
-            out.append(FieldError(str(field), str(message)))
+            kind = item.get("type")
+            extra = {"type": kind} if isinstance(kind, str) and kind else {}
+            out.append(FieldError(loc=loc, msg=str(message), **extra))
         else:
             out.append(FieldError("", str(item)))
     return out

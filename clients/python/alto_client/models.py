@@ -3,6 +3,12 @@
 These models are shared by the service (which produces them) and the light client (which
 parses them), so both sides agree on one schema without the client importing the service.
 They only use pydantic; the job spec itself lives in `alto_client.spec`.
+
+Requests and responses differ on unknown fields on purpose. A request model
+(`Arm`, `ComparisonRequest`, and the `JobSpec` inside them) forbids them, so a
+typo in a spec is an error and not a silently ignored setting. A response model
+ignores them, so an installed client keeps working when a newer server adds a
+field to an answer.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from alto_client.errors import FieldError
 from alto_client.spec import JobSpec, OptimizerSpec
 
 __all__ = [
@@ -20,6 +27,8 @@ __all__ = [
     "Arm",
     "ArmSummary",
     "Comparison",
+    "ComparisonInfo",
+    "ComparisonList",
     "ComparisonRequest",
     "ErrorResponse",
     "FieldError",
@@ -54,29 +63,34 @@ class JobStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
-TERMINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED}
+)
+"""The end states: the one definition (the service, the CLI and the dashboard's
+API answers all mean these). Members are `str`s too, so ``"FAILED" in
+TERMINAL_STATUSES`` holds and the set can go straight into a SQL ``NOT IN``."""
 
 
-class _Wire(BaseModel):
+class _Request(BaseModel):
+    """What a client sends: unknown fields are an error (a typo must not pass silently)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
-class FieldError(_Wire):
-    """One problem with a request, located by its field path (e.g. ["body", "arms", 1, "name"])."""
+class _Response(BaseModel):
+    """What the server answers: unknown fields are ignored (a newer server may add some)."""
 
-    loc: list[str | int]
-    msg: str
-    type: str = "value_error"
+    model_config = ConfigDict(extra="ignore")
 
 
-class ErrorResponse(_Wire):
+class ErrorResponse(_Response):
     """Body of every 4xx/5xx answer: a sentence, plus one entry per bad field when relevant."""
 
     message: str
     errors: list[FieldError] = Field(default_factory=list)
 
 
-class LatestMetric(_Wire):
+class LatestMetric(_Response):
     """The most recent value of one metric of a job (value None: not finite, e.g. NaN)."""
 
     step: int
@@ -84,7 +98,7 @@ class LatestMetric(_Wire):
     time: float
 
 
-class Job(_Wire):
+class Job(_Response):
     """A training job as the service tracks it."""
 
     id: str
@@ -109,14 +123,14 @@ class Job(_Wire):
         return JobSpec.model_validate(self.spec)
 
 
-class JobList(_Wire):
+class JobList(_Response):
     """One page of jobs, newest first; pass `next_cursor` as `cursor` for the next page."""
 
     items: list[Job]
     next_cursor: str | None = None
 
 
-class MetricSeries(_Wire):
+class MetricSeries(_Response):
     """The history of one metric; `downsampled` says points were dropped to fit max_points.
 
     A value of None stands for a non-finite value (NaN or infinity, e.g. a diverged loss):
@@ -131,7 +145,7 @@ class MetricSeries(_Wire):
     downsampled: bool = False
 
 
-class MetricHistory(_Wire):
+class MetricHistory(_Response):
     """Metric histories of one job; `downsampled` is true when any series was downsampled."""
 
     job_id: str
@@ -139,21 +153,21 @@ class MetricHistory(_Wire):
     downsampled: bool = False
 
 
-class IngestResult(_Wire):
+class IngestResult(_Response):
     """Answer to a metric upload: how many points were new and how many were already stored."""
 
     accepted: int
     duplicates: int
 
 
-class Arm(_Wire):
+class Arm(_Request):
     """One side of a comparison: a name and the optimizer section it trains with."""
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
     optimizer: OptimizerSpec
 
 
-class ComparisonRequest(_Wire):
+class ComparisonRequest(_Request):
     """Run `spec` once per (arm, seed), changing only the optimizer and the seed."""
 
     spec: JobSpec
@@ -182,7 +196,7 @@ class ComparisonRequest(_Wire):
         return self
 
 
-class ArmSummary(_Wire):
+class ArmSummary(_Response):
     """What one arm achieved, aggregated over its seeds (mean and sample std).
 
     Validation-loss fields are None until at least one seed reported val/loss. The
@@ -212,7 +226,7 @@ class ArmSummary(_Wire):
     optimizer_state_bytes_ratio: float | None = None
 
 
-class Comparison(_Wire):
+class Comparison(_Response):
     """A set of jobs that differ only in optimizer and seed, with per-arm results."""
 
     id: str
@@ -225,7 +239,7 @@ class Comparison(_Wire):
     arms: list[ArmSummary]
 
 
-class ComparisonInfo(_Wire):
+class ComparisonInfo(_Response):
     """A comparison as listed: what it compares and how its jobs stand (no results;
     `GET /v1/comparisons/{id}` computes those)."""
 
@@ -240,7 +254,7 @@ class ComparisonInfo(_Wire):
     created_at: datetime
 
 
-class ComparisonList(_Wire):
+class ComparisonList(_Response):
     """One page of comparisons, newest first; pass `next_cursor` as `cursor` for the next."""
 
     items: list[ComparisonInfo]
