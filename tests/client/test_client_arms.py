@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
-import httpx
 import pytest
 from alto_client.client import build_arms, load_spec, parse_arm, resolve_token, resolve_url
 from alto_client.models import ComparisonRequest
-from alto_client.retry import RetryPolicy
 from alto_client.spec import JobSpec, SpecError
 
 SPEC_YAML = """
@@ -53,14 +50,10 @@ def test_build_arms_reports_bad_hyperparameter_by_field() -> None:
 
 
 def test_comparison_body_seeds_start_at_the_specs_seed() -> None:
-    from alto_client.client import Client
+    from alto_client import core
 
-    client = Client("http://127.0.0.1:9", "t")
-    try:
-        body = client._comparison_body(SPEC_YAML, ["alto", "adamw"], 3, None, "n")
-    finally:
-        client.close()
-    request = ComparisonRequest.model_validate(body)
+    call = core.submit_comparison(SPEC_YAML, ["alto", "adamw"], 3, None, "n")
+    request = ComparisonRequest.model_validate(call.options["json"])
     assert request.seeds == [7, 8, 9]
     assert request.baseline == "adamw"
     assert [a.name for a in request.arms] == ["alto", "adamw"]
@@ -93,16 +86,3 @@ def test_url_and_token_come_from_the_environment(monkeypatch: pytest.MonkeyPatch
     assert resolve_token(None) is None
     with pytest.raises(ValueError, match="url must start with http"):
         resolve_url("127.0.0.1:8000")
-
-
-def test_retry_policy_backoff_is_capped_and_jittered() -> None:
-    policy = RetryPolicy(attempts=4, backoff=0.5, max_backoff=2.0, rng=random.Random(0))
-    delays = [policy.delay(a) for a in range(1, 8)]
-    assert all(0 < d <= 2.0 for d in delays)
-    assert 0.25 <= delays[0] <= 0.5
-    assert policy.should_retry_exception(httpx.ConnectError("x"), 1)
-    assert not policy.should_retry_exception(httpx.ConnectError("x"), 4)
-    assert not policy.should_retry_exception(ValueError("x"), 1)
-    assert policy.should_retry_status(503, 2) and not policy.should_retry_status(500, 1)
-    with pytest.raises(ValueError, match="attempts"):
-        RetryPolicy(attempts=0)

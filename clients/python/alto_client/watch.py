@@ -25,7 +25,7 @@ from rich.progress import (
 
 from alto_client.client import Client
 from alto_client.metrics import TRAIN_LOSS, TRAIN_TOKENS_PER_S, VAL_LOSS
-from alto_client.models import TERMINAL_STATUSES, Job
+from alto_client.models import Job, JobStatus
 from alto_client.render import STATUS_STYLE, fmt_num, fmt_rate, job_steps
 
 
@@ -92,15 +92,15 @@ def watch_jobs(
                 loss = job.latest_metrics.get(TRAIN_LOSS)
                 step = loss.step if loss else 0
                 total = job_steps(job)
-                if job.status.value == "SUCCEEDED" and total:
+                if job.status == JobStatus.SUCCEEDED and total:
                     step = total
                 progress.update(tasks[job.id], completed=step, **_fields(job))
             if on_poll is not None:
                 on_poll(jobs)
-            if all(job.status in TERMINAL_STATUSES for job in jobs):
+            if all(job.status.terminal for job in jobs):
                 break
             if deadline is not None and time.monotonic() >= deadline:
                 break
             time.sleep(interval)
-            jobs = [job if job.status in TERMINAL_STATUSES else client.job(job.id) for job in jobs]
+            jobs = [job if job.status.terminal else client.job(job.id) for job in jobs]
     return jobs
