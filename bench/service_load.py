@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from service.localray import free_port
 
 ADMIN = "alto_bench_admin_token"
 SPEC = {
@@ -181,12 +182,6 @@ async def run_phase(
         await asyncio.gather(*(worker(i) for i in range(clients)))
         elapsed = time.perf_counter() - t0
     return Phase(name, count, elapsed, latencies, errors, server_cpu() - cpu0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def drive(url: str, data_dir: Path, args: argparse.Namespace) -> dict[str, Phase]:

@@ -14,7 +14,6 @@ import contextlib
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ from alto_client.report import write_report
 from alto_client.spec import JobSpec
 from alto_client.watch import watch_jobs
 from rich.console import Console
+
+from service.localray import free_port
 
 DEMO_SPEC = "tiny-moe-cpu.yaml"
 READY_TIMEOUT_S = 180.0
@@ -57,12 +58,6 @@ def find_demo_spec(explicit: Path | None) -> Path:
 def shipped_config(name: str) -> Path:
     """A job spec that ships with the service package (`service/configs/NAME`)."""
     return Path(str(files("service").joinpath("configs", name)))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -171,7 +166,7 @@ def run_demo(
         spec = spec.with_overrides(overrides)
     data_dir = (data_dir or Path(".alto") / "demo").resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
+    port = port or free_port()
     console.rule("[bold]ALTO demo")
     console.print(
         f"spec {spec_file} · {spec.training.steps} steps · global batch "

@@ -8,6 +8,7 @@ never overwrite each other's news, whichever commits first.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from enum import Enum
 from typing import Any
@@ -340,3 +341,185 @@ def _insert_points_postgres(
         inserted = cur.rowcount
         cur.execute("TRUNCATE alto_metric_stage")
     return max(inserted, 0)
+
+
+# --------------------------------------------------------------------------- reads
+
+
+def job_by_id(s: Session, job_id: str) -> Row[Any] | None:
+    """One job as a row of `JOB_SELECT` (tags and comparison id included), or None."""
+    return s.execute(JOB_BY_ID, {"job_id": job_id}).one_or_none()
+
+
+def job_by_key(s: Session, owner: str, key: str) -> JobRow | None:
+    """The job an earlier submission of `owner` with this Idempotency-Key created."""
+    return s.scalar(select(JobRow).where(JobRow.owner == owner, JobRow.idempotency_key == key))
+
+
+def jobs_page(
+    s: Session,
+    *,
+    owner: str | None,
+    status: str | None,
+    tag: str | None,
+    limit: int,
+    cursor: int | None,
+) -> tuple[list[Row[Any]], bool]:
+    """Jobs newest first, filtered, one page of `limit`; and whether more follow."""
+    q = JOB_SELECT.order_by(JobRow.seq.desc()).limit(limit + 1)
+    if owner is not None:
+        q = q.where(JobRow.owner == owner)
+    if status is not None:
+        q = q.where(JobRow.status == status)
+    if tag is not None:
+        q = q.where(JobRow.seq.in_(select(JobTag.job_seq).where(JobTag.tag == tag)))
+    if cursor is not None:
+        q = q.where(JobRow.seq < cursor)
+    rows = list(s.execute(q).all())
+    return rows[:limit], len(rows) > limit
+
+
+def job_field(s: Session, seq: int, column: Any) -> Any:
+    """One column of job `seq` (e.g. `JobRow.status`), read fresh."""
+    return s.scalar(select(column).where(JobRow.seq == seq))
+
+
+def metric_points(
+    s: Session, seq: int, names: list[str] | None, since_step: int | None
+) -> Iterable[tuple[str, int, float | None, float]]:
+    """(name, step, value, time) of job `seq`, by name then step."""
+    q = select(MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time).where(
+        MetricRow.job_seq == seq
+    )
+    if names:
+        q = q.where(MetricRow.name.in_(names))
+    if since_step is not None:
+        q = q.where(MetricRow.step > since_step)
+    return s.execute(q.order_by(MetricRow.name, MetricRow.step))
+
+
+def points_after(s: Session, seq: int, after_id: int, limit: int) -> list[Row[Any]]:
+    """(id, step, name, value, time) of job `seq` stored after metric row `after_id`."""
+    return list(
+        s.execute(
+            select(MetricRow.id, MetricRow.step, MetricRow.name, MetricRow.value, MetricRow.time)
+            .where(MetricRow.job_seq == seq, MetricRow.id > after_id)
+            .order_by(MetricRow.id)
+            .limit(limit)
+        ).all()
+    )
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def comparison_by_id(s: Session, comparison_id: str) -> ComparisonRow | None:
+    return s.scalar(select(ComparisonRow).where(ComparisonRow.id == comparison_id))
+
+
+def comparison_by_key(s: Session, owner: str, key: str) -> ComparisonRow | None:
+    """The comparison an earlier request of `owner` with this Idempotency-Key created."""
+    return s.scalar(
+        select(ComparisonRow).where(
+            ComparisonRow.owner == owner, ComparisonRow.idempotency_key == key
+        )
+    )
+
+
+def comparisons_page(
+    s: Session, *, owner: str | None, limit: int, cursor: int | None
+) -> tuple[list[ComparisonRow], dict[int, list[str]], bool]:
+    """Comparisons newest first, one page; each one's job statuses; whether more follow."""
+    q = select(ComparisonRow).order_by(ComparisonRow.seq.desc()).limit(limit + 1)
+    if owner is not None:
+        q = q.where(ComparisonRow.owner == owner)
+    if cursor is not None:
+        q = q.where(ComparisonRow.seq < cursor)
+    rows = list(s.scalars(q).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    statuses: dict[int, list[str]] = {row.seq: [] for row in rows}
+    if rows:
+        for seq, status in s.execute(
+            select(JobRow.comparison_seq, JobRow.status).where(
+                JobRow.comparison_seq.in_(list(statuses))
+            )
+        ):
+            statuses[seq].append(status)
+    return rows, statuses, more
+
+
+def comparison_jobs(s: Session, comparison_seq: int) -> list[Row[Any]]:
+    """(seq, id, status) of every job of a comparison."""
+    return list(
+        s.execute(
+            select(JobRow.seq, JobRow.id, JobRow.status).where(
+                JobRow.comparison_seq == comparison_seq
+            )
+        ).all()
+    )
+
+
+_POINT = (MetricRow.job_seq, MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time)
+_FINITE = MetricRow.value.between(-sys.float_info.max, sys.float_info.max)
+
+
+def compared_points(
+    s: Session,
+    seqs: list[int],
+    *,
+    curves: tuple[str, ...],
+    first: tuple[str, ...],
+    last: tuple[str, ...],
+    medians: tuple[str, ...],
+    peaks: tuple[str, ...],
+) -> list[Row[Any]]:
+    """(job_seq, name, step, value, time) points of jobs `seqs`, only what a comparison
+    summary reads: the whole series of `curves`, the first point of `first`, the last of
+    `last`, the middle finite values of `medians` (their median is the series'; the sort
+    runs in the database) and, for `peaks`, each job's largest finite value as one point.
+    A 100k-step run has about half a million points; this reads a few thousand."""
+    points: list[Any] = list(
+        s.execute(
+            select(*_POINT)
+            .where(MetricRow.job_seq.in_(seqs), MetricRow.name.in_(curves))
+            .order_by(MetricRow.job_seq, MetricRow.name, MetricRow.step)
+        )
+    )
+    if peaks:
+        points += s.execute(
+            select(
+                MetricRow.job_seq,
+                MetricRow.name,
+                func.max(MetricRow.step),
+                func.max(MetricRow.value),
+                func.max(MetricRow.time),
+            )
+            .where(MetricRow.job_seq.in_(seqs), MetricRow.name.in_(peaks), _FINITE)
+            .group_by(MetricRow.job_seq, MetricRow.name)
+        )
+    for seq in seqs:
+        for name in first:
+            points += _edge_point(s, seq, name, first=True)
+        for name in last:
+            points += _edge_point(s, seq, name, first=False)
+        for name in medians:
+            points += _middle_points(s, seq, name)
+    return points
+
+
+def _edge_point(s: Session, seq: int, name: str, *, first: bool) -> list[Any]:
+    """The job's first (or last) point of `name`: one index seek."""
+    order = MetricRow.step.asc() if first else MetricRow.step.desc()
+    q = select(*_POINT).where(MetricRow.job_seq == seq, MetricRow.name == name)
+    return list(s.execute(q.order_by(order).limit(1)))
+
+
+def _middle_points(s: Session, seq: int, name: str) -> list[Any]:
+    """The one or two middle finite values of the job's `name` in value order."""
+    where = (MetricRow.job_seq == seq, MetricRow.name == name, _FINITE)
+    n = s.scalar(select(func.count()).where(*where)) or 0
+    if n == 0:
+        return []
+    q = select(*_POINT).where(*where).order_by(MetricRow.value, MetricRow.step)
+    return list(s.execute(q.offset((n - 1) // 2).limit(2 - n % 2)))

@@ -6,8 +6,6 @@ import uuid
 
 from alto_client.models import JobStatus
 from alto_client.spec import JobSpec
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from service.db.tables import ComparisonRow, JobRow, JobTag, utcnow
 from service.errors import ApiError
@@ -92,8 +90,3 @@ def new_job_row(
     if comparison is not None:
         row.comparison = comparison
     return row
-
-
-def find_job_by_key(s: Session, owner: str, key: str) -> JobRow | None:
-    """The job an earlier submission with this Idempotency-Key created."""
-    return s.scalar(select(JobRow).where(JobRow.owner == owner, JobRow.idempotency_key == key))

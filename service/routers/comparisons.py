@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import sys
 import uuid
 from typing import Annotated, Any
 
@@ -27,7 +26,6 @@ from alto_client.models import (
 from alto_client.spec import JobSpec
 from fastapi import APIRouter, Header, Path, Request, Response
 from pydantic import ValidationError
-from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -35,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import Principal
 from service.body import CheckedJSONRoute
 from service.compare import RunData, Series, combined_status, summarize
-from service.db.tables import ComparisonRow, JobRow, MetricRow
+from service.db.tables import ComparisonRow
 from service.deps import (
     CursorQuery,
     LimitQuery,
@@ -47,7 +45,15 @@ from service.deps import (
 )
 from service.errors import ApiError, field_errors
 from service.plot import render_comparison
-from service.repo import TERMINAL, delete_jobs
+from service.repo import (
+    TERMINAL,
+    compared_points,
+    comparison_by_id,
+    comparison_by_key,
+    comparison_jobs,
+    comparisons_page,
+    delete_jobs,
+)
 from service.specs import variant
 from service.submit import check_fits, check_idempotency_key, check_spec, new_job_row
 
@@ -57,14 +63,6 @@ COMPARISON_ID = Path(pattern=r"^[A-Za-z0-9_\-]{1,40}$", description="a compariso
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)
 }
-COMPARED_METRICS = (
-    "train/loss",
-    "val/loss",
-    "train/tokens_per_s",
-    "mem/peak_allocated_bytes",
-    "mem/peak_rss_bytes",
-    "optim/state_bytes",
-)
 
 
 def _arm_specs(req: ComparisonRequest) -> list[tuple[str, int, JobSpec]]:
@@ -93,18 +91,10 @@ def _arm_specs(req: ComparisonRequest) -> list[tuple[str, int, JobSpec]]:
 
 
 def _load(s: Session, principal: Principal, comparison_id: str) -> ComparisonRow:
-    row = s.scalar(select(ComparisonRow).where(ComparisonRow.id == comparison_id))
+    row = comparison_by_id(s, comparison_id)
     if row is None or (not principal.admin and row.owner != principal.owner):
         raise ApiError(404, f"no comparison with id {comparison_id!r}")
     return row
-
-
-def _find_by_key(s: Session, owner: str, key: str) -> ComparisonRow | None:
-    return s.scalar(
-        select(ComparisonRow).where(
-            ComparisonRow.owner == owner, ComparisonRow.idempotency_key == key
-        )
-    )
 
 
 @router.post("", status_code=202, response_model=Comparison, responses=ERRORS)
@@ -121,7 +111,7 @@ def create_comparison(
     key = check_idempotency_key(idempotency_key)
     check_spec(state, principal.owner, body.spec, ["body", "spec"])
     digest = hashlib.sha256(body.model_dump_json().encode()).hexdigest()
-    if key is not None and (existing := _find_by_key(s, principal.owner, key)) is not None:
+    if key is not None and (existing := comparison_by_key(s, principal.owner, key)) is not None:
         return _idempotent_answer(s, existing, digest, response, request)
     jobs = _arm_specs(body)
     for i, (_arm, _seed, spec) in enumerate(jobs):
@@ -144,7 +134,7 @@ def create_comparison(
         s.commit()
     except IntegrityError:
         s.rollback()
-        existing = _find_by_key(s, principal.owner, key) if key else None
+        existing = comparison_by_key(s, principal.owner, key) if key else None
         if existing is None:
             raise
         return _idempotent_answer(s, existing, digest, response, request)
@@ -187,64 +177,21 @@ def _runs(s: Session, row: ComparisonRow, *, curves: bool) -> dict[str, list[Run
         by_seq[job.seq] = run
     if not by_seq:
         return arms
-    seqs = list(by_seq)
-    names = (VAL_LOSS, TRAIN_LOSS) if curves else (VAL_LOSS,)
-    points: list[Any] = list(
-        s.execute(
-            select(*_POINT)
-            .where(MetricRow.job_seq.in_(seqs), MetricRow.name.in_(names))
-            .order_by(MetricRow.job_seq, MetricRow.name, MetricRow.step)
-        )
+    points = compared_points(
+        s,
+        list(by_seq),
+        curves=(VAL_LOSS, TRAIN_LOSS) if curves else (VAL_LOSS,),
+        first=() if curves else (TRAIN_LOSS,),  # the run's time origin
+        last=(OPTIM_STATE_BYTES,),
+        medians=(TRAIN_TOKENS_PER_S,),
+        peaks=(MEM_PEAK_ALLOCATED_BYTES, MEM_PEAK_RSS_BYTES),
     )
-    points += s.execute(_peak_points(seqs, (MEM_PEAK_ALLOCATED_BYTES, MEM_PEAK_RSS_BYTES)))
-    for seq in seqs:
-        if not curves:  # else the whole training-loss curve is there
-            points += _edge_point(s, seq, TRAIN_LOSS, first=True)
-        points += _edge_point(s, seq, OPTIM_STATE_BYTES, first=False)
-        points += _middle_points(s, seq, TRAIN_TOKENS_PER_S)
     for job_seq, name, step, value, t in points:
         series = by_seq[job_seq].series.setdefault(name, Series())
         series.steps.append(step)
         series.values.append(float("nan") if value is None else value)
         series.times.append(t)
     return arms
-
-
-_POINT = (MetricRow.job_seq, MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time)
-_FINITE = MetricRow.value.between(-sys.float_info.max, sys.float_info.max)
-
-
-def _edge_point(s: Session, seq: int, name: str, *, first: bool) -> list[Any]:
-    """The job's first (or last) point of `name`: one index seek."""
-    order = MetricRow.step.asc() if first else MetricRow.step.desc()
-    q = select(*_POINT).where(MetricRow.job_seq == seq, MetricRow.name == name)
-    return list(s.execute(q.order_by(order).limit(1)))
-
-
-def _middle_points(s: Session, seq: int, name: str) -> list[Any]:
-    """The one or two middle finite values of the job's `name` in value order, whose
-    median is the median of all of them (the sort runs in the database)."""
-    where = (MetricRow.job_seq == seq, MetricRow.name == name, _FINITE)
-    n = s.scalar(select(func.count()).where(*where)) or 0
-    if n == 0:
-        return []
-    q = select(*_POINT).where(*where).order_by(MetricRow.value, MetricRow.step)
-    return list(s.execute(q.offset((n - 1) // 2).limit(2 - n % 2)))
-
-
-def _peak_points(seqs: list[int], names: tuple[str, ...]) -> Select[Any]:
-    """Each job's largest finite value of each of `names`, as one point (at its last step)."""
-    return (
-        select(
-            MetricRow.job_seq,
-            MetricRow.name,
-            func.max(MetricRow.step),
-            func.max(MetricRow.value),
-            func.max(MetricRow.time),
-        )
-        .where(MetricRow.job_seq.in_(seqs), MetricRow.name.in_(names), _FINITE)
-        .group_by(MetricRow.job_seq, MetricRow.name)
-    )
 
 
 def _summary(s: Session, row: ComparisonRow) -> Comparison:
@@ -275,22 +222,10 @@ def list_comparisons(
     visible, owner = listed_owner(principal, owner)
     if not visible:
         return ComparisonList(items=[], next_cursor=None)
-    q = select(ComparisonRow).order_by(ComparisonRow.seq.desc()).limit(limit + 1)
-    if owner is not None:
-        q = q.where(ComparisonRow.owner == owner)
-    if cursor is not None:
-        q = q.where(ComparisonRow.seq < int(cursor))
-    rows = list(s.scalars(q).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    statuses: dict[int, list[JobStatus]] = {row.seq: [] for row in rows}
-    if rows:
-        for seq, status in s.execute(
-            select(JobRow.comparison_seq, JobRow.status).where(
-                JobRow.comparison_seq.in_(list(statuses))
-            )
-        ):
-            statuses[seq].append(JobStatus(status))
+    rows, raw_statuses, more = comparisons_page(
+        s, owner=owner, limit=limit, cursor=None if cursor is None else int(cursor)
+    )
+    statuses = {seq: [JobStatus(x) for x in found] for seq, found in raw_statuses.items()}
     return ComparisonList(
         items=[
             ComparisonInfo(
@@ -326,9 +261,7 @@ def delete_comparison(
 ) -> Response:
     """Delete a comparison whose jobs have all ended, with those jobs and their metrics."""
     row = _load(s, principal, comparison_id)
-    jobs = s.execute(
-        select(JobRow.seq, JobRow.id, JobRow.status).where(JobRow.comparison_seq == row.seq)
-    ).all()
+    jobs = comparison_jobs(s, row.seq)
     running = [(job_id, status) for _, job_id, status in jobs if status not in TERMINAL]
     if running:
         listed = ", ".join(f"{job_id} ({status})" for job_id, status in running[:5])

@@ -18,15 +18,13 @@ from typing import Annotated, Any
 
 from alto_client.models import ErrorResponse
 from fastapi import APIRouter, Header, Path, Request
-from sqlalchemy import select
 from sse_starlette.sse import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from service.auth import Principal
-from service.db.tables import MetricRow
 from service.deps import PrincipalDep, StateDep
 from service.errors import ApiError
-from service.repo import TERMINAL, finite_or_none, to_wire
+from service.repo import TERMINAL, finite_or_none, points_after, to_wire
 from service.routers.jobs import load_job
 from service.state import ServiceState
 
@@ -41,12 +39,7 @@ def _snapshot(
     """The job and up to BATCH points stored after metric row `after_id` (one DB visit)."""
     with state.factory() as s:
         row = load_job(s, principal, job_id)
-        points = s.execute(
-            select(MetricRow.id, MetricRow.step, MetricRow.name, MetricRow.value, MetricRow.time)
-            .where(MetricRow.job_seq == row.seq, MetricRow.id > after_id)
-            .order_by(MetricRow.id)
-            .limit(BATCH)
-        ).all()
+        points = points_after(s, row.seq, after_id, BATCH)
         job = to_wire(row)
         return {
             "job": job.model_dump(mode="json"),

@@ -19,7 +19,7 @@ from alto_client.spec import JobSpec
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials
-from sqlalchemy import Row, select
+from sqlalchemy import Row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import INGEST_TOKEN_RULE, Principal
 from service.body import CheckedJSONRoute
 from service.cluster import ClusterError
-from service.db.tables import JobRow, JobTag, MetricRow
+from service.db.tables import JobRow
 from service.deps import (
     CursorQuery,
     LimitQuery,
@@ -43,13 +43,16 @@ from service.errors import ApiError
 from service.guard import INGEST_SEQ_KEY, UNAUTHORIZED_HEADERS
 from service.ingest import METRIC_BATCH_REF, ingest_upload
 from service.repo import (
-    JOB_BY_ID,
-    JOB_SELECT,
     TERMINAL,
     CancelOutcome,
     delete_jobs,
     finite_or_none,
+    job_by_id,
+    job_by_key,
+    job_field,
+    jobs_page,
     latest_metrics,
+    metric_points,
     read_job,
     request_cancel,
     to_wire,
@@ -58,7 +61,6 @@ from service.submit import (
     check_fits,
     check_idempotency_key,
     check_spec,
-    find_job_by_key,
     new_job_row,
 )
 from service.validation import MAX_STEP, METRIC_NAME_RE
@@ -74,7 +76,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 def load_job(s: Session, principal: Principal, job_id: str) -> Row[Any]:
     """The job (a row of `JOB_SELECT`), if the caller may see it; another owner's job is
     as absent as a missing one."""
-    record = s.execute(JOB_BY_ID, {"job_id": job_id}).one_or_none()
+    record = job_by_id(s, job_id)
     if record is None or (not principal.admin and record.owner != principal.owner):
         raise ApiError(404, f"no job with id {job_id!r}")
     return record
@@ -95,7 +97,7 @@ def submit_job(
     key = check_idempotency_key(idempotency_key)
     check_spec(state, principal.owner, spec, ["body"])
     if key is not None:
-        existing = find_job_by_key(s, principal.owner, key)
+        existing = job_by_key(s, principal.owner, key)
         if existing is not None:
             return _idempotent_answer(s, existing, spec, response, request)
     check_fits(state, spec)
@@ -105,7 +107,7 @@ def submit_job(
         s.commit()
     except IntegrityError:  # a concurrent request with the same key won
         s.rollback()
-        existing = find_job_by_key(s, principal.owner, key) if key else None
+        existing = job_by_key(s, principal.owner, key) if key else None
         if existing is None:
             raise
         return _idempotent_answer(s, existing, spec, response, request)
@@ -145,18 +147,14 @@ def list_jobs(
     visible, owner = listed_owner(principal, owner)
     if not visible:
         return JobList(items=[], next_cursor=None)
-    q = JOB_SELECT.order_by(JobRow.seq.desc()).limit(limit + 1)
-    if owner is not None:
-        q = q.where(JobRow.owner == owner)
-    if status is not None:
-        q = q.where(JobRow.status == status.value)
-    if tag is not None:
-        q = q.where(JobRow.seq.in_(select(JobTag.job_seq).where(JobTag.tag == tag)))
-    if cursor is not None:
-        q = q.where(JobRow.seq < int(cursor))
-    rows = list(s.execute(q).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
+    rows, more = jobs_page(
+        s,
+        owner=owner,
+        status=None if status is None else status.value,
+        tag=tag,
+        limit=limit,
+        cursor=None if cursor is None else int(cursor),
+    )
     return JobList(
         items=[to_wire(r, latest_metrics(s, r.seq)) for r in rows],
         next_cursor=str(rows[-1].seq) if more and rows else None,
@@ -179,10 +177,10 @@ def cancel_job(
     outcome = request_cancel(s, record.seq)
     s.commit()
     if outcome is CancelOutcome.ENDED:
-        ended = s.scalar(select(JobRow.status).where(JobRow.seq == record.seq))
+        ended = job_field(s, record.seq, JobRow.status)
         raise ApiError(409, f"job {job_id} has already ended ({ended}); nothing to cancel")
     if outcome is CancelOutcome.STOPPING and state.backend is not None:
-        ray_job_id = s.scalar(select(JobRow.ray_job_id).where(JobRow.seq == record.seq))
+        ray_job_id = job_field(s, record.seq, JobRow.ray_job_id)
         # on failure (or before Ray has the job) the scheduler stops it on its next pass
         with contextlib.suppress(ClusterError):
             state.backend.stop(ray_job_id)
@@ -256,9 +254,7 @@ def job_metrics(
     (first, last and per-bucket extremes are kept) and say so."""
     row = load_job(s, principal, job_id)
     limit = max_points or state.settings.max_points_default
-    q = select(MetricRow.name, MetricRow.step, MetricRow.value, MetricRow.time).where(
-        MetricRow.job_seq == row.seq
-    )
+    wanted: list[str] | None = None
     if names:
         wanted = [n.strip() for n in names.split(",") if n.strip()]
         bad = [n for n in wanted if not METRIC_NAME_RE.match(n)]
@@ -268,11 +264,8 @@ def job_metrics(
                 f"names: {bad[0]!r} is not a metric name (letters, digits and _.:/- only)",
                 [FieldError(loc=["query", "names"], msg=f"not a metric name: {bad[0]!r}")],
             )
-        q = q.where(MetricRow.name.in_(wanted))
-    if since_step is not None:
-        q = q.where(MetricRow.step > since_step)
     grouped: dict[str, tuple[list[int], list[float | None], list[float]]] = {}
-    for name, step, value, t in s.execute(q.order_by(MetricRow.name, MetricRow.step)):
+    for name, step, value, t in metric_points(s, row.seq, wanted, since_step):
         steps, values, times = grouped.setdefault(name, ([], [], []))
         steps.append(step)
         values.append(finite_or_none(value))

@@ -21,7 +21,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,8 @@ import httpx
 import psutil
 import pytest
 
+from service.localray import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 JOB_DEADLINE_S = 360.0
@@ -42,22 +43,16 @@ JOB_DEADLINE_S = 360.0
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _node_ports() -> list[str]:
     """Explicit ports for everything a Ray node listens on, so two nodes on one machine
     (and other Ray instances on it) never collide on the fixed defaults."""
     return [
-        f"--node-manager-port={_free_port()}",
-        f"--object-manager-port={_free_port()}",
-        f"--dashboard-agent-listen-port={_free_port()}",
-        f"--dashboard-agent-grpc-port={_free_port()}",
-        f"--runtime-env-agent-port={_free_port()}",
-        f"--metrics-export-port={_free_port()}",
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
     ]
 
 
@@ -202,7 +197,7 @@ def test_service_runs_a_job_on_a_separate_ray_worker_node(postgres_url: str, wor
     logs.mkdir()
     ray_token = secrets.token_hex(32)
     admin_token = secrets.token_hex(32)
-    gcs_port, dashboard_port, service_port = _free_port(), _free_port(), _free_port()
+    gcs_port, dashboard_port, service_port = free_port(), free_port(), free_port()
     dashboard = f"http://127.0.0.1:{dashboard_port}"
     ray_headers = {"Authorization": f"Bearer {ray_token}"}
     runs_dir, cache_dir = workdir / "shared" / "runs", workdir / "shared" / "cache"
@@ -231,7 +226,7 @@ def test_service_runs_a_job_on_a_separate_ray_worker_node(postgres_url: str, wor
                 "--include-dashboard=true",
                 "--dashboard-host=127.0.0.1",
                 f"--dashboard-port={dashboard_port}",
-                f"--ray-client-server-port={_free_port()}",
+                f"--ray-client-server-port={free_port()}",
                 "--num-cpus=0",  # like the KubeRay head: drivers only, no training
                 *common,
                 *_node_ports(),

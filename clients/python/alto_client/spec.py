@@ -56,8 +56,6 @@ BYTE_VOCAB_SIZE = 257
 LARGE_BATCH_THRESHOLD = 1024
 """The paper switches ALTO's alpha/beta1 defaults at a global batch of 1K sequences."""
 
-E_BASE_OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop", "adagrad", "nadam", "radam")
-
 
 class _Strict(BaseModel):
     """Strict parsing and no unknown keys: a typo in a spec must fail, not be ignored."""
