@@ -1,4 +1,4 @@
-"""Run megatron-core 0.16.1 on a CPU-only torch build (gloo), by explicit opt-in.
+"""Run megatron-core 0.19 on a CPU-only torch build (gloo), by explicit opt-in.
 
 Usage (call once per process, BEFORE building megatron models or optimizers; it is
 cheap and idempotent, and does nothing at all when CUDA is available)::
@@ -22,7 +22,7 @@ CUDA-less build, so nothing that already works changes meaning:
    dispatcher and megatron's timers are the users of streams/events.)
 2. Literal ``device="cuda"`` allocations (found-inf / scale buffers of the
    mixed-precision optimizers, grad scalers, grad clipping, causal masks, data
-   broadcast, token counters of the pipeline schedules, the MoE aux-loss tracker,
+   broadcast, token counters of the pipeline schedules, the rerun state machine,
    checkpoint verification): the ``torch`` global of exactly those megatron modules
    (``_DEVICE_REWRITE_MODULES``) is replaced by a proxy whose tensor factories map
    a CUDA device to CPU.  Everything else on the proxy is the real ``torch``.
@@ -31,6 +31,10 @@ CUDA-less build, so nothing that already works changes meaning:
    rejected.  ``Tensor.type()`` (no arguments) returns the CUDA spelling for CPU
    tensors only when called from megatron's optimizer modules
    (``_CUDA_TYPE_NAME_MODULES``); every other caller sees torch's answer.
+   ``Tensor.cuda()`` likewise returns the CPU tensor itself when called from
+   megatron's DistributedOptimizer module (``_CUDA_MOVE_MODULES``: its
+   ``fully_reshardable`` / ``dp_zero_gather_scatter`` checkpoint gathers move shards
+   with ``.cuda()``; new in use on 0.19, where those formats keep ALTO's state).
 4. The tensor-parallel RNG tracker (``tensor_parallel/random.py``) stores and forks
    the CUDA generator; without CUDA megatron's setter silently does nothing, so
    "model-parallel" RNG forks would not fork.  In that module only, the CUDA RNG
@@ -42,9 +46,12 @@ CUDA-less build, so nothing that already works changes meaning:
    on CPU the splits stay tensors, which ``all_to_all_single`` rejects.  The
    dispatcher module's reference to that helper is replaced by one that also turns
    CPU tensors into numpy when ``as_numpy=True`` (megatron's GPU behaviour).
-6. megatron's own bug without Transformer Engine (``moe_utils.te_general_gemm``
-   NameError) is fixed by :func:`alto.megatron.megatron_fixes.apply`, which
-   ``enable()`` also calls; that fix is needed on GPUs without TE as well.
+
+Re-checked on megatron-core 0.19.2 (docs/megatron.md, "CPU"): all five are still
+needed.  What 0.19 no longer needs: the
+``moe_utils.te_general_gemm`` NameError without Transformer Engine (fixed upstream:
+the name is bound to None) and the ``device="cuda"`` rewrite of ``moe_utils`` (it
+allocates none any more).
 
 Not patched (out of the CPU path; they fail loudly if reached): CUDA graphs,
 Transformer Engine / apex kernels, NCCL user buffers, megatron FSDP, fused
@@ -75,7 +82,6 @@ _DEVICE_REWRITE_MODULES: tuple[str, ...] = (
     "megatron.core.transformer.utils",
     "megatron.core.tensor_parallel.data",
     "megatron.core.pipeline_parallel.schedules",
-    "megatron.core.transformer.moe.moe_utils",
     "megatron.core.rerun_state_machine",
     "megatron.core.dist_checkpointing.strategies.state_dict_saver",
 )
@@ -88,6 +94,9 @@ _CUDA_TYPE_NAME_MODULES: frozenset[str] = frozenset(
         "megatron.core.optimizer.clip_grads",
     }
 )
+
+#: megatron modules whose ``tensor.cuda()`` calls keep CPU tensors where they are.
+_CUDA_MOVE_MODULES: frozenset[str] = frozenset({"megatron.core.optimizer.distrib_optimizer"})
 
 _RNG_MODULE = "megatron.core.tensor_parallel.random"
 _DISPATCHER_MODULE = "megatron.core.transformer.moe.token_dispatcher"
@@ -118,13 +127,9 @@ def enable() -> bool:
     """Apply the CPU compatibility patches if CUDA is absent; idempotent.
 
     Returns True when the patches are active after the call, False when CUDA is
-    available (then nothing is changed, except megatron's TE-less bug fix, which
-    applies everywhere).
+    available (then nothing is changed).
     """
     global _ENABLED
-    from alto.megatron import megatron_fixes
-
-    megatron_fixes.apply()
     if torch.cuda.is_available():
         return False
     if _ENABLED:
@@ -253,8 +258,20 @@ def _tensor_type(self: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
     return result
 
 
+_ORIGINAL_TENSOR_CUDA = torch.Tensor.cuda
+
+
+def _tensor_cuda(self: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    if self.device.type == "cpu":
+        caller = sys._getframe(1).f_globals.get("__name__", "")
+        if caller in _CUDA_MOVE_MODULES:
+            return self
+    return _ORIGINAL_TENSOR_CUDA(self, *args, **kwargs)
+
+
 def _patch_tensor_type() -> None:
     torch.Tensor.type = _tensor_type
+    torch.Tensor.cuda = _tensor_cuda
 
 
 # ------------------------------------------------------------------- 4. RNG

@@ -96,6 +96,8 @@ def test_rng_tracker_forks_the_cpu_generator() -> None:
 
 
 def test_te_general_gemm_name_exists_without_transformer_engine() -> None:
+    """megatron-core 0.16.1 left this name unbound without TE (NameError in every MoE
+    router); 0.19 binds it to None itself, so the fix we carried is gone: this pins it."""
     from megatron.core.transformer.moe import moe_utils
 
     assert moe_utils.te_general_gemm is None or callable(moe_utils.te_general_gemm)
