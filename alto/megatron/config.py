@@ -76,19 +76,50 @@ class AltoOptimizerConfig(OptimizerConfig):
     e_beta: float = D.E.b1
     """E's EMA factor of the gradient difference."""
 
+    e_base: str = "adam"
+    """The optimizer E wraps: "adam" (megatron's ``adam_*`` fields; AdamW when
+    ``decoupled_weight_decay``), or one of "torch_adam", "torch_adamw", "sgd",
+    "rmsprop", "adagrad", "nadam", "radam" (torch's, configured by ``e_base_kwargs``;
+    not sharded)."""
+
+    e_base_kwargs: dict | None = None
+    """Keyword arguments of a non-Adam ``e_base`` (lr and weight_decay are the config's)."""
+
     def __post_init__(self) -> None:
+        self._check_name()
+        if self.optimizer in ("alto", "e"):
+            self._check_alto_compatible()
+        super().__post_init__()
+        self._check_values()
+
+    def validate(self) -> None:
+        """Every check of the constructor again, for fields assigned after it ran
+        (``alto.megatron.get_megatron_optimizer`` calls it)."""
+        self._check_name()
+        if self.optimizer in ("alto", "e"):
+            self._check_alto_compatible()
+        self._check_values()
+
+    def _check_name(self) -> None:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(
                 f"AltoOptimizerConfig.optimizer={self.optimizer!r} is not supported; "
                 f"allowed: {', '.join(repr(o) for o in OPTIMIZERS)}"
             )
-        if self.optimizer in ("alto", "e"):
-            self._check_alto_compatible()
-        super().__post_init__()
+
+    def _check_values(self) -> None:
         if self.optimizer == "e":
             self._check_e()
         if self.optimizer != "alto":
             return
+        if not self.decoupled_weight_decay:
+            raise ValueError(
+                "AltoOptimizerConfig.decoupled_weight_decay=False is not supported with "
+                "optimizer='alto': ALTO has one weight-decay form, the paper's (wd * theta "
+                "added to the update r before the trust ratio), and cannot add it to the "
+                "gradient as Adam does; allowed: True (or optimizer='e' with e_base='adam', "
+                "whose base is Adam when decoupled_weight_decay=False)"
+            )
         for name in ("alto_beta1", "alto_beta2", "alto_beta3"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and D.EMA.contains(value)):
@@ -122,18 +153,35 @@ class AltoOptimizerConfig(OptimizerConfig):
                 f"AltoOptimizerConfig.e_alpha={self.e_alpha!r} must satisfy "
                 f"|alpha| < 1/(1 - e_beta) = {D.alpha_bound(self.e_beta):g}"
             )
+        from alto.megatron.optimizers import E_BASES
+
+        allowed = ("adam", *E_BASES)
+        if self.e_base not in allowed:
+            raise ValueError(
+                f"AltoOptimizerConfig.e_base={self.e_base!r} is not supported; "
+                f"allowed: {', '.join(map(repr, allowed))}"
+            )
+        if self.e_base != "adam" and (self.use_distributed_optimizer or self.fp16):
+            field = "use_distributed_optimizer" if self.use_distributed_optimizer else "fp16"
+            raise ValueError(
+                f"AltoOptimizerConfig.{field}=True is not supported with e_base="
+                f"{self.e_base!r} (megatron's sharded and fp16 paths checkpoint and scale "
+                "only Adam-family state); allowed: False, or e_base='adam'"
+            )
 
     def _check_alto_compatible(self) -> None:
         unsupported = {
             "optimizer_cpu_offload": self.optimizer_cpu_offload,
             "use_precision_aware_optimizer": self.use_precision_aware_optimizer,
+            "optimizer_cuda_graph": self.optimizer_cuda_graph,
         }
         for name, value in unsupported.items():
             if value:
                 raise ValueError(
                     f"AltoOptimizerConfig.{name}={value!r} is not supported with "
-                    f"optimizer={self.optimizer!r} (both replace the inner optimizer with a "
-                    "Transformer Engine / CPU-offload Adam); allowed: False"
+                    f"optimizer={self.optimizer!r} (megatron then builds a Transformer Engine "
+                    "precision-aware / CPU-offload Adam, or captures the step in a CUDA graph, "
+                    "none of which ALTO or E can replace); allowed: False"
                 )
 
     @property

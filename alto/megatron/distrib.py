@@ -1,82 +1,61 @@
 """ALTO, E and torch AdamW under megatron's DistributedOptimizer: step state and checkpoints.
 
-megatron-core 0.16.1's DistributedOptimizer was written for TE/apex FusedAdam.  Its
-sharding, gradient and parameter plumbing is optimizer-agnostic, and so is the
-``dp_reshardable`` checkpoint format (it stores every per-parameter state tensor it
-finds).  What is not, and what the subclasses here override (no megatron method is
-patched globally):
+megatron-core 0.19's DistributedOptimizer accepts any inner optimizer that comes with
+an ``init_state_fn``, and its sharding, gradient and parameter plumbing is
+optimizer-agnostic.  What is not, and what the subclasses here override (no megatron
+method is patched globally; re-measured on 0.19.2):
 
-* ``state_dict``: megatron reads the common ``step`` from torch-Adam states,
-  asserting that exactly one value exists (a fresh optimizer has none, so a
-  checkpoint cannot even be *loaded* into one), or from TE/apex param groups.
-  Here it comes from the per-parameter ``step`` of torch's convention, 0 before
-  the first step.
-* ``load_state_dict``: megatron pre-allocates only ``exp_avg``/``exp_avg_sq`` before
-  a load (ALTO's ``diff_carry`` would be silently missing from the load template);
-  it assigns ONE ``step`` tensor to every parameter (torch AdamW and ALTO increment
-  steps in place, so that alias counts N steps per step: parameters drift after a
-  resume); and for fp32 models it copies into the fp32 shards, views of
-  grad-requiring parameters, outside ``no_grad``, which raises.  Here the full
-  state is allocated first, the load runs under ``no_grad`` and every parameter
-  gets its own ``step`` afterwards.
+* ``state_dict``: without TE/apex megatron reads the common ``step`` from torch-Adam
+  states, asserting that exactly one value exists (a fresh optimizer has none, so a
+  checkpoint cannot even be *loaded* into one).  Here it comes from the
+  per-parameter ``step`` of torch's convention, 0 before the first step.
+* ``load_state_dict``: megatron pre-allocates only the keys of its
+  ``optimizer_state_keys`` table before a load; it assigns ONE ``step`` tensor to
+  every parameter (torch AdamW and ALTO increment steps in place, so that alias
+  counts N steps per step: parameters drift after a resume); and for fp32 models
+  it copies into the fp32 shards, views of grad-requiring parameters, outside
+  ``no_grad``, which raises.  Here the full state is allocated first (the table's
+  ``init_state_fn``), the load runs under ``no_grad`` and every parameter gets its
+  own ``step`` afterwards.  The legacy ``torch`` format's parameter-state load
+  (``load_parameter_state_from_dp_zero``) gets the same treatment.
 * the order of the inner optimizer's parameters: megatron indexes checkpoint
   state by a parameter's position in its bucket order, but lists each group's
   shards as [fp32 params..., bf16/fp16 params...]; for a group mixing fp32 and
   bf16 parameters the two orders differ and state lands on the wrong shards.
   :meth:`CheckpointableDistributedOptimizer.align_param_order` reorders the
   shards to megatron's index (stepping is per parameter, so training is unchanged).
-* ``sharded_state_dict`` (ALTO and E): megatron's formats other than
-  ``dp_reshardable`` hard-code Adam's keys and would drop ``diff_carry``; they are
-  refused with a clear error instead of writing an incomplete checkpoint.
+* ``optimizer_state_keys`` (ALTO and E): megatron's hard-coded table (Adam's keys,
+  Lion's) drives the ``dp_zero_gather_scatter``, ``fully_reshardable`` and legacy
+  ``torch`` formats; it is overridden with ``diff_carry`` added, so every format
+  keeps the whole state.
 * E keeps its carry apart from its base AdamW's state (``E.state`` and
-  ``E.base.state``); megatron's per-parameter state accessors, which
-  ``dp_reshardable`` saves and loads through, see the two merged.
+  ``E.base.state``); megatron's per-parameter state accessors, which every format
+  saves and loads through, see the two merged.
 
-The constructor is megatron's, unchanged: :func:`alto.megatron.get_megatron_optimizer`
-lets megatron's factory build the DistributedOptimizer, replaces the inner torch
-AdamW by ALTO when asked, and re-types the wrapper to a subclass below (they add no
-fields, only these methods).
+The constructor is megatron's, unchanged; :func:`alto.megatron.optimizers.adopt` is
+the one place that re-types a built DistributedOptimizer to a subclass below (they
+add no fields, only these methods).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
 
-SUPPORTED_SHARDING_TYPES: tuple[str, ...] = ("dp_reshardable",)
+#: per-parameter state tensors of ALTO and of E around Adam/AdamW, as megatron's
+#: checkpoint formats name them (megatron's own table knows Adam's and Lion's only)
+CARRY_STATE_KEYS: tuple[str, ...] = ("exp_avg", "exp_avg_sq", "diff_carry")
 
-
-def init_alto_state(optimizer: torch.optim.Optimizer, config: Any = None) -> None:
-    """Allocate ALTO's state (step, exp_avg, exp_avg_sq, diff_carry) for every parameter.
-
-    megatron calls this ``init_state_fn`` before loading a checkpoint into an
-    optimizer that has not stepped yet, so the load template has every state key.
-    """
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            optimizer._state_for(param)
-
-
-def init_torch_adam_state(optimizer: torch.optim.Optimizer, config: Any = None) -> None:
-    """Allocate torch Adam/AdamW's state (step, exp_avg, exp_avg_sq) as its first step would."""
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            state = optimizer.state[param]
-            if len(state) == 0:
-                state["step"] = torch.zeros((), dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
-
-
-def init_e_state(optimizer: torch.optim.Optimizer, config: Any = None) -> None:
-    """Allocate E's carry and its base Adam/AdamW's state for every parameter."""
-    init_torch_adam_state(optimizer.base)
-    for group in optimizer.param_groups:
-        for param in group["params"]:
-            optimizer._carry(param)
+#: megatron's distributed-checkpoint formats that keep ALTO's / E's state complete
+#: (tests/megatron: a resumed run continues bitwise), and the one that is refused
+SHARDING_TYPES: tuple[str, ...] = (
+    "dp_reshardable",
+    "fully_reshardable",
+    "dp_zero_gather_scatter",
+)
+UNSUPPORTED_SHARDING_TYPES: tuple[str, ...] = ("fully_sharded_model_space",)
 
 
 def _common_step(optimizer: torch.optim.Optimizer) -> float:
@@ -90,14 +69,18 @@ def _common_step(optimizer: torch.optim.Optimizer) -> float:
 
 
 class CheckpointableDistributedOptimizer(DistributedOptimizer):
-    """DistributedOptimizer whose inner optimizer keeps torch's per-parameter ``step``."""
+    """DistributedOptimizer whose inner optimizer keeps torch's per-parameter ``step``.
 
-    #: allocates the inner optimizer's full per-parameter state (set by subclasses)
-    allocate_state: Callable[[torch.optim.Optimizer], None] = staticmethod(init_torch_adam_state)
+    ``self.init_state_fn`` (set by :func:`alto.megatron.optimizers.adopt` from the
+    optimizer table) allocates the inner optimizer's full per-parameter state.
+    """
 
     def _stepping_optimizer(self) -> torch.optim.Optimizer:
         """The optimizer whose per-parameter state holds torch's ``step``."""
         return self.optimizer
+
+    def _allocate_state(self) -> None:
+        self.init_state_fn(self.optimizer, self.config)
 
     def align_param_order(self) -> None:
         """Order each group's shards as megatron's checkpoint index expects (see module doc)."""
@@ -138,12 +121,13 @@ class CheckpointableDistributedOptimizer(DistributedOptimizer):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """megatron's load, with the full state allocated first and per-parameter steps."""
-        self.allocate_state(self.optimizer)
+        self._allocate_state()
         with torch.no_grad():
             super().load_state_dict(state_dict)
-        steps = {
-            g["step"] for g in state_dict["optimizer"]["param_groups"] if g.get("step") is not None
-        }
+        self._restore_step(state_dict["optimizer"]["param_groups"])
+
+    def _restore_step(self, param_groups: list[dict[str, Any]]) -> None:
+        steps = {g["step"] for g in param_groups if g.get("step") is not None}
         if len(steps) > 1:
             raise ValueError(f"checkpoint param_groups carry different steps {sorted(steps)}")
         stepping = self._stepping_optimizer()
@@ -161,7 +145,7 @@ class CheckpointableDistributedOptimizer(DistributedOptimizer):
     ) -> dict[str, Any]:
         """megatron's sharded state dict, with the full state allocated before a load."""
         if is_loading:
-            self.allocate_state(self.optimizer)
+            self._allocate_state()
         return super().sharded_state_dict(
             {} if model_sharded_state_dict is None else model_sharded_state_dict,
             is_loading=is_loading,
@@ -169,15 +153,49 @@ class CheckpointableDistributedOptimizer(DistributedOptimizer):
             metadata=metadata,
         )
 
+    def _set_main_param_and_optimizer_states(
+        self, model_param: torch.Tensor, tensors: dict[str, torch.Tensor]
+    ) -> None:
+        """Copy loaded tensors into the shard and its state.  megatron's version demands
+        every state key, ``step`` included, which the formats built from
+        ``optimizer_state_keys`` do not store (KeyError 'step' for torch Adam too); the
+        step comes from the param groups instead (``_restore_step``)."""
+        for key, dst in self._get_main_param_and_optimizer_states(model_param).items():
+            if key == "step" and key not in tensors:
+                continue
+            if key not in tensors:
+                raise KeyError(
+                    f"the checkpoint has no {key!r} for this parameter; it holds "
+                    f"{sorted(tensors)} (was it saved by another optimizer?)"
+                )
+            if torch.is_tensor(tensors[key]):
+                dst.copy_(tensors[key])
+
+    def load_parameter_state_from_dp_zero(self, state_dict: Any, **kwargs: Any) -> None:
+        """The legacy ``torch`` format's load (``--ckpt-format torch``): megatron copies into
+        fp32 shards that are views of grad-requiring parameters, so it runs under no_grad."""
+        self._allocate_state()
+        with torch.no_grad():
+            super().load_parameter_state_from_dp_zero(state_dict, **kwargs)
+
 
 class TorchAdamDistributedOptimizer(CheckpointableDistributedOptimizer):
     """megatron's DistributedOptimizer around torch Adam/AdamW (no TE/apex), checkpointable."""
 
-    allocate_state = staticmethod(init_torch_adam_state)
 
+class _CarryStateKeys(CheckpointableDistributedOptimizer):
+    """Names ``diff_carry`` to megatron's checkpoint formats.
 
-class _CarryCheckpointFormats(CheckpointableDistributedOptimizer):
-    """Refuses the sharded formats that would drop ``diff_carry`` (see module doc)."""
+    In megatron-core 0.19 ``dp_reshardable`` and ``fully_sharded_model_space`` save
+    every state tensor of a shard, but ``dp_zero_gather_scatter``, ``fully_reshardable``
+    and the legacy ``torch`` format (``save_parameter_state``) iterate over
+    ``optimizer_state_keys``, a table that knows Adam's and Lion's keys only; here it
+    lists ALTO's / E's three, so every format stores the state complete.
+    """
+
+    @property
+    def optimizer_state_keys(self) -> tuple[str, ...]:
+        return CARRY_STATE_KEYS
 
     def sharded_state_dict(
         self,
@@ -186,43 +204,36 @@ class _CarryCheckpointFormats(CheckpointableDistributedOptimizer):
         sharding_type: str | None = None,
         metadata: dict | None = None,
     ) -> dict[str, Any]:
-        """Refuse the formats that would drop ``diff_carry``; else megatron's."""
-        chosen = sharding_type or (metadata or {}).get(
-            "distrib_optim_sharding_type", "fully_sharded_model_space"
-        )
-        if chosen not in SUPPORTED_SHARDING_TYPES:
-            name = type(self.optimizer).__name__
+        """megatron's, except the one format that cannot be written (refused by name)."""
+        chosen = sharding_type or (metadata or {}).get("distrib_optim_sharding_type")
+        if chosen in UNSUPPORTED_SHARDING_TYPES:
             raise ValueError(
-                f"distrib_optim_sharding_type={chosen!r} is not supported for {name} (megatron's "
-                "implementation of it stores only Adam's exp_avg/exp_avg_sq and would drop "
-                f"{name}'s diff_carry); allowed: {', '.join(map(repr, SUPPORTED_SHARDING_TYPES))}"
-                " -- pass metadata={'distrib_optim_sharding_type': 'dp_reshardable'}"
+                f"distrib_optim_sharding_type={chosen!r} is not supported: megatron-core 0.19's "
+                'implementation of it fails for every optimizer ("ShardedTensor.flattened_range '
+                f'is not supported"); allowed: {", ".join(map(repr, SHARDING_TYPES))} -- e.g. '
+                "metadata={'distrib_optim_sharding_type': 'dp_reshardable'}"
             )
         return super().sharded_state_dict(
             model_sharded_state_dict, is_loading, sharding_type, metadata
         )
 
 
-class AltoDistributedOptimizer(_CarryCheckpointFormats):
+class AltoDistributedOptimizer(_CarryStateKeys):
     """megatron's DistributedOptimizer with ALTO (m, v, c in the fp32 shards) inside."""
 
-    allocate_state = staticmethod(init_alto_state)
 
-
-class EDistributedOptimizer(_CarryCheckpointFormats):
+class EDistributedOptimizer(_CarryStateKeys):
     """megatron's DistributedOptimizer with E around torch Adam/AdamW inside.
 
     Per shard: the base's ``step``, ``exp_avg`` and ``exp_avg_sq`` in ``E.base.state``
     and E's ``diff_carry`` in ``E.state``; checkpoints carry all four.
     """
 
-    allocate_state = staticmethod(init_e_state)
-
     def _stepping_optimizer(self) -> torch.optim.Optimizer:
         return self.optimizer.base
 
     def _get_main_param_and_optimizer_states(self, model_param: torch.Tensor) -> dict[str, Any]:
-        """The shard and its state tensors, base's and E's merged (what dp_reshardable saves)."""
+        """The shard and its state tensors, base's and E's merged (what checkpoints save)."""
         group_index, group_order = self.model_param_group_index_map[model_param]
         main_param = self.optimizer.param_groups[group_index]["params"][group_order]
         return {
@@ -230,15 +241,3 @@ class EDistributedOptimizer(_CarryCheckpointFormats):
             **self.optimizer.base.state[main_param],
             **self.optimizer.state[main_param],
         }
-
-    def _set_main_param_and_optimizer_states(
-        self, model_param: torch.Tensor, tensors: dict[str, torch.Tensor]
-    ) -> None:
-        """Copy loaded tensors into the shard and its merged state (the inverse of the get)."""
-        for key, dst in self._get_main_param_and_optimizer_states(model_param).items():
-            if key not in tensors:
-                raise KeyError(
-                    f"the checkpoint has no {key!r} for this parameter; it holds "
-                    f"{sorted(tensors)} (was it saved by another optimizer than E?)"
-                )
-            dst.copy_(tensors[key])

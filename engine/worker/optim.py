@@ -1,12 +1,11 @@
 """The job's optimizer inside megatron's wrappers, and its LR schedule.
 
-``alto`` and ``adamw`` go through megatron's DistributedOptimizer: ALTO via the
-ALTO megatron integration (``alto.megatron.get_megatron_optimizer``), AdamW via the
-same factory when it is there (it also fixes megatron's torch-AdamW checkpoint
-bugs), else megatron's own.  ``e`` around Adam/AdamW (configured by betas, eps and
-weight_decay: ``ESpec.sharded``) goes through the same factory's ``optimizer="e"``,
-sharded and in bf16 too; ``e`` around any other torch optimizer runs under megatron's
-non-sharded FP32Optimizer with the inner optimizer replaced by E(base).
+This module maps a spec to an ``alto.megatron.AltoOptimizerConfig`` and nothing more:
+building, sharding and checkpointing are ``alto.megatron.get_megatron_optimizer``'s
+(its optimizer table).  ``alto`` and ``adamw`` run in megatron's DistributedOptimizer
+(``adamw`` through megatron's own factory where alto.megatron is not installed);
+``e`` around Adam/AdamW configured by betas, eps and weight_decay (``ESpec.sharded``)
+too, and ``e`` around any other torch optimizer unsharded (``e_base``).
 """
 
 from __future__ import annotations
@@ -100,98 +99,34 @@ def _build_adamw(spec: JobSpec, opt: AdamWSpec, model: torch.nn.Module):
     return get_megatron_optimizer(OptimizerConfig(**kwargs), [model])
 
 
-_E_BASES = {
-    "adam": torch.optim.Adam,
-    "adamw": torch.optim.AdamW,
-    "sgd": torch.optim.SGD,
-    "rmsprop": torch.optim.RMSprop,
-    "adagrad": torch.optim.Adagrad,
-    "nadam": torch.optim.NAdam,
-    "radam": torch.optim.RAdam,
-}
-
-
 def _build_e(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
+    """E through alto.megatron's "e": around megatron's Adam/AdamW (sharded, bf16) when
+    the spec's base is Adam/AdamW configured by betas, eps and weight_decay
+    (``ESpec.sharded``), else around the named torch optimizer, unsharded."""
+    factory = _require_alto_factory("optimizer 'e'")
+    hyper = dict(opt.base_hyperparameters)
+    hyper.pop("weight_decay", None)  # the config's weight_decay (times wd_mult) is the base's
     if opt.sharded:
-        return _build_e_sharded(spec, opt, model)
-    return _build_e_unsharded(spec, opt, model)
-
-
-def _build_e_sharded(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
-    """E around megatron's Adam/AdamW in the DistributedOptimizer (alto.megatron's "e")."""
-    factory = _require_alto_factory("optimizer 'e' around adam/adamw")
-    hyper = opt.base_hyperparameters
-    beta1, beta2 = hyper.get("betas", (0.9, 0.999))
-    adamw = opt.base == "adamw"
+        beta1, beta2 = hyper.get("betas", (0.9, 0.999))
+        base = dict(
+            e_base="adam",
+            adam_beta1=float(beta1),
+            adam_beta2=float(beta2),
+            adam_eps=float(hyper.get("eps", 1e-8)),
+            decoupled_weight_decay=opt.base == "adamw",
+        )
+    else:  # Adam/AdamW with other keywords (amsgrad, ...) are torch's, unsharded
+        name = f"torch_{opt.base}" if opt.base in ("adam", "adamw") else opt.base
+        base = dict(e_base=name, e_base_kwargs=hyper)
     config = factory.AltoOptimizerConfig(
         optimizer="e",
         e_alpha=opt.alpha,
         e_beta=opt.beta1,
-        adam_beta1=float(beta1),
-        adam_beta2=float(beta2),
-        adam_eps=float(hyper.get("eps", 1e-8)),
         weight_decay=opt.weight_decay,
-        decoupled_weight_decay=adamw,
+        **base,
         **_base_config_kwargs(spec),
     )
     return factory.get_megatron_optimizer(config, [model])
-
-
-def _build_e_unsharded(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
-    """megatron builds an SGD FP32Optimizer (its param groups, clipping, schedule hooks);
-    the inner torch optimizer is then replaced by E around the requested base."""
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-    from alto.optim import E
-
-    config = OptimizerConfig(
-        optimizer="sgd", sgd_momentum=0.0, weight_decay=0.0, **_base_config_kwargs(spec)
-    )
-    megatron_opt = get_megatron_optimizer(config, [model])
-    base_cls = _E_BASES[opt.base]
-    for inner in _leaf_optimizers(megatron_opt):
-        groups = inner.optimizer.param_groups
-        hyper = dict(opt.base_hyperparameters)
-        base = base_cls(
-            [
-                {
-                    k: v
-                    for k, v in g.items()
-                    if k
-                    not in (
-                        "momentum",
-                        "dampening",
-                        "nesterov",
-                        "maximize",
-                        "foreach",
-                        "differentiable",
-                        "fused",
-                    )
-                }
-                for g in groups
-            ],
-            lr=spec.peak_lr,
-            **hyper,
-        )
-        inner.optimizer = E(base, alpha=opt.alpha, beta=opt.beta1)
-        inner.init_state_fn = _allocate_state_by_zero_step
-    return megatron_opt
-
-
-def _allocate_state_by_zero_step(optimizer: torch.optim.Optimizer, config=None) -> None:
-    """Create every state tensor (E's carry and the base's) before a checkpoint load.
-
-    megatron builds the load template from the existing state, and E's base can be
-    any torch optimizer, so the state is made the generic way: one step on zero
-    gradients.  Whatever it changes, the load that follows overwrites.
-    """
-    with torch.no_grad():
-        for group in optimizer.param_groups:
-            for param in group["params"]:
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
 
 
 def _leaf_optimizers(optimizer) -> list:
