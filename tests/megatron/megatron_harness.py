@@ -37,6 +37,9 @@ class Layout:
     #: bf16 via Float16Module (all params bf16); False: params_dtype=bf16, which
     #: leaves torch LayerNorms fp32 (fp32 and bf16 params mixed in one group)
     float16_module: bool = True
+    #: overlap the DistributedOptimizer's parameter all-gather with the next forward
+    overlap_param_gather: bool = False
+    fp16: bool = False
 
 
 def init_distributed() -> None:
@@ -97,6 +100,7 @@ def build_model(layout: Layout) -> torch.nn.Module:
         tensor_model_parallel_size=layout.tp,
         sequence_parallel=layout.sp,
         bf16=layout.bf16,
+        fp16=layout.fp16,
         params_dtype=torch.bfloat16 if layout.bf16 and not layout.float16_module else torch.float32,
         gradient_accumulation_fusion=False,
         bias_activation_fusion=False,
@@ -118,7 +122,7 @@ def build_model(layout: Layout) -> torch.nn.Module:
         share_embeddings_and_output_weights=False,
     )
     canonical_init(model)
-    if layout.bf16 and layout.float16_module:
+    if (layout.bf16 or layout.fp16) and layout.float16_module:
         # megatron's bf16 path: every parameter bf16 (norms included), inputs cast.
         from megatron.core.transformer.module import Float16Module
 
@@ -141,6 +145,7 @@ def wrap_ddp(model: torch.nn.Module, layout: Layout) -> torch.nn.Module:
         overlap_grad_reduce=layout.bucket_size is not None,  # else bucket_size is ignored
         use_distributed_optimizer=layout.dist_opt,
         bucket_size=layout.bucket_size,
+        overlap_param_gather=layout.overlap_param_gather,
     )
     return DistributedDataParallel(config=model.config, ddp_config=ddp_config, module=model)
 
@@ -228,31 +233,41 @@ def global_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
     return tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
 
 
-def train_steps(model: torch.nn.Module, optimizer: Any, steps: range) -> list[float]:
-    """Run ``steps`` on this rank's share of the fixed global batches; return mean losses."""
+def one_step(model: torch.nn.Module, optimizer: Any, step: int) -> tuple[bool, float]:
+    """One step on this rank's share of global batch ``step``: (update applied, mean loss)."""
     from megatron.core import parallel_state as ps
     from megatron.core.distributed import finalize_model_grads
 
     dp = ps.get_data_parallel_world_size()
     dp_rank = ps.get_data_parallel_rank()
     per_rank = GLOBAL_BATCH // dp
+    tokens, labels = global_batch(step)
+    tokens = tokens[dp_rank * per_rank : (dp_rank + 1) * per_rank]
+    labels = labels[dp_rank * per_rank : (dp_rank + 1) * per_rank]
+    positions = torch.arange(SEQ).unsqueeze(0).expand_as(tokens)
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    out = model(tokens, positions, attention_mask=None, labels=labels)
+    loss = out.float().mean()
+    optimizer.scale_loss(loss).backward()  # x 1.0 (bitwise x) without a grad scaler
+    finalize_model_grads([model])
+    ok, _, _ = optimizer.step()
+    reduced = loss.detach().clone()
+    torch.distributed.all_reduce(reduced, group=ps.get_data_parallel_group())
+    return ok, float(reduced) / dp
+
+
+def train_steps(model: torch.nn.Module, optimizer: Any, steps: range) -> list[float]:
+    """Run ``steps`` on this rank's share of the fixed global batches; return mean losses."""
     losses = []
     for step in steps:
-        tokens, labels = global_batch(step)
-        tokens = tokens[dp_rank * per_rank : (dp_rank + 1) * per_rank]
-        labels = labels[dp_rank * per_rank : (dp_rank + 1) * per_rank]
-        positions = torch.arange(SEQ).unsqueeze(0).expand_as(tokens)
-        model.zero_grad_buffer()
-        optimizer.zero_grad()
-        out = model(tokens, positions, attention_mask=None, labels=labels)
-        loss = out.float().mean()
-        loss.backward()
-        finalize_model_grads([model])
-        ok, _, _ = optimizer.step()
+        ok, loss = one_step(model, optimizer, step)
         assert ok, f"optimizer step {step} was skipped"
-        reduced = loss.detach().clone()
-        torch.distributed.all_reduce(reduced, group=ps.get_data_parallel_group())
-        losses.append(float(reduced) / dp)
+        losses.append(loss)
+    if getattr(model.ddp_config, "overlap_param_gather", False):
+        # the last step's all-gather is still in flight (the next forward's pre-hooks would
+        # wait for it): finish it, so the model holds the updated parameters
+        model.start_param_sync(force_sync=True)
     return losses
 
 

@@ -51,17 +51,34 @@ PARITY_CASES: dict[str, H.Layout] = {
     "e_bf16_dp2": H.Layout(optimizer="e", bf16=True),
     "e_fp32_tp2": H.Layout(optimizer="e", tp=2),
     "e_moe_ep2": H.Layout(optimizer="e", moe=True, ep=2),
+    "alto_overlap_param_gather": H.Layout(overlap_param_gather=True),
+    "e_overlap_param_gather": H.Layout(optimizer="e", overlap_param_gather=True),
+    "alto_bf16_tp2_nodistopt": H.Layout(bf16=True, dist_opt=False, tp=2),
+    "e_bf16_tp2_nodistopt": H.Layout(optimizer="e", bf16=True, dist_opt=False, tp=2),
+    "adam_bf16_tp2_nodistopt": H.Layout(optimizer="adam", bf16=True, dist_opt=False, tp=2),
+}
+
+#: 4 processes: EP=2 with expert data parallelism 2 (and DP=4 for the dense part)
+PARITY4_CASES: dict[str, H.Layout] = {
+    "alto_moe_ep2_edp2": H.Layout(moe=True, ep=2),
+    "e_moe_ep2_edp2": H.Layout(optimizer="e", moe=True, ep=2),
 }
 
 
 def reference_layout(layout: H.Layout) -> H.Layout:
     """The single-process layout a parallel case must reproduce."""
     return dataclasses.replace(
-        layout, tp=1, ep=1, sp=False, dispatcher="allgather", bucket_size=None
+        layout,
+        tp=1,
+        ep=1,
+        sp=False,
+        dispatcher="allgather",
+        bucket_size=None,
+        overlap_param_gather=False,
     )
 
 
-def optimizer_config(layout: H.Layout) -> Any:
+def optimizer_config(layout: H.Layout, **extra: Any) -> Any:
     from alto.megatron import AltoOptimizerConfig
 
     return AltoOptimizerConfig(
@@ -71,16 +88,21 @@ def optimizer_config(layout: H.Layout) -> Any:
         adam_eps=1e-4,
         clip_grad=1.0,
         bf16=layout.bf16,
+        fp16=layout.fp16,
         use_distributed_optimizer=layout.dist_opt,
+        overlap_param_gather=layout.overlap_param_gather,
         alto_eps=1e-4,
         alto_alpha=0.5,
         alto_beta1=0.01,
         e_alpha=-2.0,
         e_beta=0.9,
+        **extra,
     )
 
 
-def build(layout: H.Layout, *, megatron_factory: bool = False) -> tuple[torch.nn.Module, Any]:
+def build(
+    layout: H.Layout, *, megatron_factory: bool = False, overrides: dict | None = None, **extra: Any
+) -> tuple[torch.nn.Module, Any]:
     from megatron.core.optimizer import get_megatron_optimizer as megatron_get
 
     from alto.megatron import get_megatron_optimizer
@@ -88,7 +110,7 @@ def build(layout: H.Layout, *, megatron_factory: bool = False) -> tuple[torch.nn
     H.set_layout(layout)
     model = H.wrap_ddp(H.build_model(layout), layout)
     factory = megatron_get if megatron_factory else get_megatron_optimizer
-    return model, factory(optimizer_config(layout), [model])
+    return model, factory(optimizer_config(layout, **extra), [model], config_overrides=overrides)
 
 
 def snapshot(model: torch.nn.Module) -> list[tuple[str, int | None, int, int, torch.Tensor]]:
@@ -132,27 +154,46 @@ def run_case(
     return result
 
 
-def save_checkpoint(model: Any, optimizer: Any, path: Path) -> None:
+#: the legacy ``torch`` format (Megatron-LM's ``--ckpt-format torch``): per-rank
+#: torch.save of the state dicts plus the DistributedOptimizer's gathered parameter state
+LEGACY = "torch"
+
+
+def save_checkpoint(model: Any, optimizer: Any, path: Path, fmt: str = "dp_reshardable") -> None:
     from megatron.core import dist_checkpointing
 
-    model_sd = model.module.sharded_state_dict()
-    state = {
-        "model": model_sd,
-        "optimizer": optimizer.sharded_state_dict(model_sd, metadata=SHARDING),
-    }
     if torch.distributed.get_rank() == 0:
         path.mkdir(parents=True, exist_ok=True)
     torch.distributed.barrier()
+    if fmt == LEGACY:
+        state = {"model": model.module.state_dict(), "optimizer": optimizer.state_dict()}
+        torch.save(state, path / f"rank{torch.distributed.get_rank()}.pt")
+        optimizer.save_parameter_state(str(path / "param_state.pt"))
+        torch.distributed.barrier()
+        return
+    model_sd = model.module.sharded_state_dict()
+    metadata = {"distrib_optim_sharding_type": fmt}
+    state = {
+        "model": model_sd,
+        "optimizer": optimizer.sharded_state_dict(model_sd, metadata=metadata),
+    }
     dist_checkpointing.save(state, str(path))
 
 
-def load_checkpoint(model: Any, optimizer: Any, path: Path) -> None:
+def load_checkpoint(model: Any, optimizer: Any, path: Path, fmt: str = "dp_reshardable") -> None:
     from megatron.core import dist_checkpointing
 
+    if fmt == LEGACY:
+        state = torch.load(path / f"rank{torch.distributed.get_rank()}.pt", weights_only=False)
+        model.module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_parameter_state(str(path / "param_state.pt"))
+        return
     model_sd = model.module.sharded_state_dict()
+    metadata = {"distrib_optim_sharding_type": fmt}
     template = {
         "model": model_sd,
-        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=SHARDING),
+        "optimizer": optimizer.sharded_state_dict(model_sd, is_loading=True, metadata=metadata),
     }
     loaded = dist_checkpointing.load(template, str(path))
     model.module.load_state_dict(loaded["model"])
@@ -160,15 +201,27 @@ def load_checkpoint(model: Any, optimizer: Any, path: Path) -> None:
 
 
 CKPT_LAYOUT = H.Layout(bucket_size=None)
-#: checkpoint round trips in fresh processes; "dense" is also loaded into DP=1
-CKPT_LAYOUTS: dict[str, H.Layout] = {
-    "dense": CKPT_LAYOUT,
-    "bf16": H.Layout(bf16=True, bucket_size=None),
-    "moe_ep2": H.Layout(moe=True, ep=2, bucket_size=None),
-    "adam": H.Layout(optimizer="adam", bucket_size=None),
-    "bf16_mixed": H.Layout(bf16=True, float16_module=False, bucket_size=None),
-    "e": H.Layout(optimizer="e", bucket_size=None),
-    "e_bf16_moe_ep2": H.Layout(optimizer="e", bf16=True, moe=True, ep=2, bucket_size=None),
+#: checkpoint round trips in fresh processes: name -> (layout, format); "dense" is also
+#: loaded into DP=1
+CKPT_LAYOUTS: dict[str, tuple[H.Layout, str]] = {
+    "dense": (CKPT_LAYOUT, "dp_reshardable"),
+    "bf16": (H.Layout(bf16=True, bucket_size=None), "dp_reshardable"),
+    "moe_ep2": (H.Layout(moe=True, ep=2, bucket_size=None), "dp_reshardable"),
+    "adam": (H.Layout(optimizer="adam", bucket_size=None), "dp_reshardable"),
+    "bf16_mixed": (H.Layout(bf16=True, float16_module=False, bucket_size=None), "dp_reshardable"),
+    "e": (H.Layout(optimizer="e", bucket_size=None), "dp_reshardable"),
+    "e_bf16_moe_ep2": (
+        H.Layout(optimizer="e", bf16=True, moe=True, ep=2, bucket_size=None),
+        "dp_reshardable",
+    ),
+    # every other format megatron offers (0.16.1 dropped diff_carry in them; refused then)
+    "fully_reshardable": (CKPT_LAYOUT, "fully_reshardable"),
+    "dp_zero": (CKPT_LAYOUT, "dp_zero_gather_scatter"),
+    "e_fully_reshardable": (H.Layout(optimizer="e", bucket_size=None), "fully_reshardable"),
+    # trap: the legacy torch format, fp32 ("view of a leaf Variable") and bf16 (zero carry)
+    "legacy_torch": (CKPT_LAYOUT, LEGACY),
+    "legacy_torch_bf16": (H.Layout(bf16=True, bucket_size=None), LEGACY),
+    "e_legacy_torch": (H.Layout(optimizer="e", bucket_size=None), LEGACY),
 }
 
 
@@ -191,10 +244,22 @@ def phase_parity(ckpt: Path) -> dict[str, Any]:
     results["adam_fp32_dp2_megatron_factory"] = run_case(
         H.Layout(optimizer="adam"), megatron_factory=True
     )
-    for name, layout in CKPT_LAYOUTS.items():
+    model, optimizer = build(CKPT_LAYOUT)
+    try:
+        optimizer.sharded_state_dict(
+            model.module.sharded_state_dict(),
+            metadata={"distrib_optim_sharding_type": "fully_sharded_model_space"},
+        )
+        results["fs_model_space_refused"] = ""
+    except ValueError as error:
+        results["fs_model_space_refused"] = str(error)
+    results["fp16_skip_alto"] = fp16_skipped_step("alto")
+    results["fp16_skip_e"] = fp16_skipped_step("e")
+    results["group_overrides"] = group_overrides()
+    for name, (layout, fmt) in CKPT_LAYOUTS.items():
         model, optimizer = build(layout)
         first = H.train_steps(model, optimizer, range(SAVE_AT))
-        save_checkpoint(model, optimizer, ckpt / name)
+        save_checkpoint(model, optimizer, ckpt / name, fmt)
         rest = H.train_steps(model, optimizer, range(SAVE_AT, STEPS))
         results[f"ckpt_uninterrupted_{name}"] = {
             "params": snapshot(model),
@@ -204,9 +269,66 @@ def phase_parity(ckpt: Path) -> dict[str, Any]:
     return results
 
 
-def resumed(ckpt: Path, layout: H.Layout, *, drop_carry: bool = False) -> dict[str, Any]:
+def _state_tensors(optimizer: Any) -> list[torch.Tensor]:
+    out = []
+    for inner in optimizer.chained_optimizers:
+        for states in _states(inner.optimizer):
+            for state in states.values():
+                out += [v.detach().clone() for v in state.values() if torch.is_tensor(v)]
+        for group in inner.optimizer.param_groups:
+            out += [p.detach().clone() for p in group["params"]]
+    return out
+
+
+def fp16_skipped_step(optimizer_name: str) -> dict[str, Any]:
+    """fp16 with dynamic loss scaling: 2 good steps, then a step whose scaled gradients
+    overflow (the loss scale forced to 2**40) must leave every optimizer state tensor,
+    main parameter and model parameter bitwise unchanged; the next step applies."""
+    layout = H.Layout(fp16=True, optimizer=optimizer_name, bucket_size=None)
+    model, optimizer = build(layout, initial_loss_scale=2.0**8)
+    good = [H.one_step(model, optimizer, s)[0] for s in range(2)]
+    state, params = _state_tensors(optimizer), [p.detach().clone() for p in model.parameters()]
+    for inner in optimizer.chained_optimizers:
+        inner.grad_scaler._scale = torch.tensor([2.0**40])
+    skipped_ok, _ = H.one_step(model, optimizer, 2)
+    state_after = _state_tensors(optimizer)
+    params_after = [p.detach().clone() for p in model.parameters()]
+    next_ok = H.one_step(model, optimizer, 3)[0]
+    return {
+        "good": good,
+        "skipped": not skipped_ok,
+        "state_count": len(state),
+        "state_equal": len(state) == len(state_after)
+        and all(torch.equal(a, b) for a, b in zip(state, state_after)),
+        "params_equal": all(torch.equal(a, b) for a, b in zip(params, params_after)),
+        "next_ok": next_ok,
+        "state_changed_by_next": any(
+            not torch.equal(a, b) for a, b in zip(state_after, _state_tensors(optimizer))
+        ),
+    }
+
+
+def group_overrides() -> dict[str, Any]:
+    """Per-group config_overrides of ALTO's betas / eps / alpha reach ALTO's groups."""
+    from megatron.core.optimizer.optimizer_config import ParamKey, ParamPredicate
+
+    vectors = ParamKey(predicate=ParamPredicate(name="vectors", fn=lambda p: p.ndim == 1))
+    override = {"betas": (0.5, 0.8, 0.95), "eps": 1e-3, "alpha": 0.25, "wd_mult": 0.0}
+    model, optimizer = build(H.Layout(), overrides={vectors: override})
+    groups = [
+        (tuple(g["betas"]), g["eps"], g["alpha"], len(g["params"]))
+        for inner in optimizer.chained_optimizers
+        for g in inner.optimizer.param_groups
+    ]
+    losses = H.train_steps(model, optimizer, range(2))
+    return {"groups": groups, "losses": losses}
+
+
+def resumed(
+    ckpt: Path, layout: H.Layout, fmt: str = "dp_reshardable", *, drop_carry: bool = False
+) -> dict[str, Any]:
     model, optimizer = build(layout)
-    load_checkpoint(model, optimizer, ckpt)
+    load_checkpoint(model, optimizer, ckpt, fmt)
     if drop_carry:  # negative control: what megatron's Adam-only loader would leave
         for inner in optimizer.chained_optimizers:
             for state in inner.optimizer.state.values():
@@ -215,26 +337,75 @@ def resumed(ckpt: Path, layout: H.Layout, *, drop_carry: bool = False) -> dict[s
     return {"params": snapshot(model), "losses": losses, "steps": _steps(optimizer)}
 
 
+MEGATRON_LM_ARGS = [
+    "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4",
+    "--seq-length", "16", "--max-position-embeddings", "16", "--micro-batch-size", "1",
+    "--global-batch-size", "1", "--train-iters", "3",
+    "--optimizer", "alto", "--alto-alpha", "0.5", "--alto-beta1", "0.01", "--alto-eps", "1e-4",
+    "--lr", "1e-2", "--weight-decay", "0.1", "--clip-grad", "1.0",
+    "--use-distributed-optimizer", "--bf16",
+]  # fmt: skip
+
+
+def megatron_lm_builder() -> dict[str, Any]:
+    """Megatron-LM's own argument parser and config builder, then its factory call, with
+    alto.megatron.megatron_lm installed: ALTO inside the DistributedOptimizer."""
+    import megatron.training.arguments as arguments
+    import megatron.training.training as training
+
+    from alto.megatron import megatron_lm
+
+    megatron_lm.install()
+    saved, sys.argv = sys.argv, ["pretrain_gpt.py", *MEGATRON_LM_ARGS]
+    try:
+        args = arguments.parse_args(None)
+        arguments.validate_args(args, {})
+    finally:
+        sys.argv = saved
+    config, overrides = training.get_megatron_optimizer_config(args)
+    layout = H.Layout(bf16=True, bucket_size=None)
+    H.set_layout(layout)
+    model = H.wrap_ddp(H.build_model(layout), layout)
+    optimizer = training.get_megatron_optimizer(config, [model], config_overrides=overrides)
+    losses = H.train_steps(model, optimizer, range(2))
+    inner = optimizer.chained_optimizers[0]
+    return {
+        "config": type(config).__name__,
+        "wrapper": type(inner).__name__,
+        "inner": type(inner.optimizer).__name__,
+        "hyper": (config.alto_alpha, config.alto_beta1, config.alto_eps, config.lr, config.bf16),
+        "reducer": inner.optimizer.norm_reducer is not None,
+        "state_keys": sorted(next(iter(inner.optimizer.state.values()))),
+        "losses": losses,
+    }
+
+
+def phase_parity4(ckpt: Path) -> dict[str, Any]:
+    return {name: run_case(layout) for name, layout in PARITY4_CASES.items()}
+
+
 def phase_reference(ckpt: Path) -> dict[str, Any]:
-    layouts = {reference_layout(layout) for layout in PARITY_CASES.values()}
+    cases = [*PARITY_CASES.values(), *PARITY4_CASES.values()]
+    layouts = {reference_layout(layout) for layout in cases}
     results = {repr(layout): run_case(layout) for layout in sorted(layouts, key=repr)}
     results["ckpt_resumed_dp1"] = resumed(ckpt / "dense", CKPT_LAYOUT)
+    results["megatron_lm_builder"] = megatron_lm_builder()
     return results
 
 
 def phase_resume(ckpt: Path) -> dict[str, Any]:
     results = {
-        f"ckpt_resumed_{name}": resumed(ckpt / name, layout)
-        for name, layout in CKPT_LAYOUTS.items()
+        f"ckpt_resumed_{name}": resumed(ckpt / name, layout, fmt)
+        for name, (layout, fmt) in CKPT_LAYOUTS.items()
     }
     results["ckpt_resumed_dense_no_carry"] = resumed(ckpt / "dense", CKPT_LAYOUT, drop_carry=True)
-    results["ckpt_resumed_e_no_carry"] = resumed(ckpt / "e", CKPT_LAYOUTS["e"], drop_carry=True)
+    results["ckpt_resumed_e_no_carry"] = resumed(ckpt / "e", CKPT_LAYOUTS["e"][0], drop_carry=True)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("phase", choices=("parity", "reference", "resume"))
+    parser.add_argument("phase", choices=("parity", "parity4", "reference", "resume"))
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--ckpt", type=Path, required=True)
     args = parser.parse_args()
@@ -243,6 +414,8 @@ def main() -> None:
     H.init_distributed()
     if args.phase == "parity":
         results = phase_parity(args.ckpt)
+    elif args.phase == "parity4":
+        results = phase_parity4(args.ckpt)
     elif args.phase == "reference":
         results = phase_reference(args.ckpt)
     else:

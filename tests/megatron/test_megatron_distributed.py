@@ -1,13 +1,15 @@
 """ALTO and E inside megatron-core with 2 gloo processes: DP / TP / EP parity, checkpoints,
 memory.
 
-Three process launches in all (see megatron_worker.py): ``parity`` (2 processes),
-``reference`` (1 process) and ``resume`` (2 fresh processes).  Every parallel run is
+Four process launches in all (see megatron_worker.py): ``parity`` (2 processes),
+``parity4`` (4 processes: expert data parallelism), ``reference`` (1 process) and
+``resume`` (2 fresh processes).  Every parallel run is
 compared after 6 steps on the same global batches with its single-process reference.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import signal
@@ -89,12 +91,12 @@ def _run_worker(phase: str, nproc: int, out: Path, ckpt: Path) -> tuple[int, str
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
     out = tmp_path_factory.mktemp("megatron_runs")
     ckpt = out / "ckpt"
-    _launch("parity", 2, out, ckpt)
-    _launch("reference", 1, out, ckpt)
-    _launch("resume", 2, out, ckpt)
+    phases = (("parity", 2), ("parity4", 4), ("reference", 1), ("resume", 2))
+    for phase, nproc in phases:
+        _launch(phase, nproc, out, ckpt)
     return {
         phase: [torch.load(out / f"{phase}_rank{r}.pt", weights_only=False) for r in range(nproc)]
-        for phase, nproc in (("parity", 2), ("reference", 1), ("resume", 2))
+        for phase, nproc in phases
     }
 
 
@@ -103,7 +105,8 @@ def _reference(runs: dict, case: str) -> dict[str, torch.Tensor]:
     import megatron_worker as W
 
     base = case.removesuffix("_slice_local")
-    key = repr(W.reference_layout(W.PARITY_CASES.get(base, W.CKPT_LAYOUT)))
+    layout = W.PARITY_CASES.get(base) or W.PARITY4_CASES.get(base, W.CKPT_LAYOUT)
+    key = repr(W.reference_layout(layout))
     return {name: t for name, _, _, _, t in runs["reference"][0][key]["params"]}
 
 
@@ -119,6 +122,8 @@ def _max_rel(records: list, full: dict[str, torch.Tensor]) -> float:
 
 def _parity(runs: dict, case: str) -> float:
     ref = _reference(runs, case)
+    if case in runs["parity4"][0]:
+        return max(_max_rel(rank[case]["params"], ref) for rank in runs["parity4"])
     return max(_max_rel(rank[case]["params"], ref) for rank in runs["parity"])
 
 
@@ -136,13 +141,18 @@ def _parity(runs: dict, case: str) -> float:
         "e_fp32_dp2",
         "e_fp32_tp2",
         "e_moe_ep2",
+        "alto_overlap_param_gather",
+        "e_overlap_param_gather",
+        "alto_moe_ep2_edp2",
+        "e_moe_ep2_edp2",
     ],
 )
 def test_parallel_run_equals_single_process(runs: dict, case: str) -> None:
     rel = _parity(runs, case)
     print(f"{case}: max relative parameter difference vs 1 process = {rel:.2e}")
     assert rel < FP32_TOL
-    losses = runs["parity"][0][case]["losses"]
+    phase = "parity4" if case in runs["parity4"][0] else "parity"
+    losses = runs[phase][0][case]["losses"]
     assert losses[-1] < losses[0], f"{case} did not train: losses {losses}"
 
 
@@ -162,6 +172,36 @@ def test_bf16_alto_within_adams_own_dp2_vs_dp1_difference(runs: dict) -> None:
     assert 0 < adam < 5e-2
     assert alto <= 2 * adam
     assert e <= 2 * adam
+
+
+def test_bf16_tp2_without_distributed_optimizer(runs: dict) -> None:
+    """bf16 with Float16OptimizerWithFloat16Params (no DistributedOptimizer) and TP=2:
+    ALTO and E stay within twice Adam's own TP2-vs-TP1 difference."""
+    alto = _parity(runs, "alto_bf16_tp2_nodistopt")
+    e = _parity(runs, "e_bf16_tp2_nodistopt")
+    adam = _parity(runs, "adam_bf16_tp2_nodistopt")
+    print(f"bf16 TP2 (no dist-opt) vs TP1: alto {alto:.2e}, e {e:.2e}, adam {adam:.2e}")
+    assert 0 < adam < 5e-2
+    assert alto <= 2 * adam
+    assert e <= 2 * adam
+
+
+@pytest.mark.parametrize("optimizer", ["alto", "e"])
+def test_fp16_skipped_step_leaves_state_bitwise_unchanged(runs: dict, optimizer: str) -> None:
+    for rank in runs["parity"]:
+        r = rank[f"fp16_skip_{optimizer}"]
+        assert r["good"] == [True, True] and r["state_count"] > 0
+        assert r["skipped"], "the overflowing step was not skipped"
+        assert r["state_equal"] and r["params_equal"]
+        assert r["next_ok"] and r["state_changed_by_next"]
+
+
+def test_group_overrides_of_betas_eps_alpha_reach_alto(runs: dict) -> None:
+    """Trap: per-group config_overrides of betas / eps / alpha used to be overwritten."""
+    for rank in runs["parity"]:
+        groups = rank["group_overrides"]["groups"]
+        assert ((0.5, 0.8, 0.95), 1e-3, 0.25) in [g[:3] for g in groups if g[3] > 0]
+        assert ((0.01, 0.9, 0.99), 1e-4, 0.5) in [g[:3] for g in groups if g[3] > 0]
 
 
 def test_e_differs_from_the_adam_it_wraps(runs: dict) -> None:
@@ -200,7 +240,22 @@ def test_alto_state_is_12_bytes_per_parameter_per_shard(runs: dict) -> None:
 
 
 @pytest.mark.parametrize(
-    "layout", ["dense", "bf16", "moe_ep2", "adam", "bf16_mixed", "e", "e_bf16_moe_ep2"]
+    "layout",
+    [
+        "dense",
+        "bf16",
+        "moe_ep2",
+        "adam",
+        "bf16_mixed",
+        "e",
+        "e_bf16_moe_ep2",
+        "fully_reshardable",
+        "dp_zero",
+        "e_fully_reshardable",
+        "legacy_torch",
+        "legacy_torch_bf16",
+        "e_legacy_torch",
+    ],
 )
 def test_checkpoint_resume_continues_exactly(runs: dict, layout: str) -> None:
     """Save at step 3, load in fresh processes, steps 4-6 == the uninterrupted run."""
@@ -231,3 +286,23 @@ def test_dp2_checkpoint_loads_into_dp1(runs: dict) -> None:
     rel = max(_max_rel(rank["ckpt_uninterrupted_dense"]["params"], full) for rank in runs["parity"])
     print(f"DP2 checkpoint resumed on DP1 vs uninterrupted DP2: {rel:.2e}")
     assert rel < FP32_TOL
+
+
+def test_megatron_lm_config_builder_gives_alto_in_the_distributed_optimizer(runs: dict) -> None:
+    """Megatron-LM's parse_args/validate_args with ``--optimizer alto`` flags, its own
+    get_megatron_optimizer_config and its get_megatron_optimizer call (alto.megatron.megatron_lm
+    installed): ALTO with the flags' values inside an AltoDistributedOptimizer, bf16."""
+    r = runs["reference"][0]["megatron_lm_builder"]
+    assert r["config"] == "AltoOptimizerConfig"
+    assert r["wrapper"] == "AltoDistributedOptimizer" and r["inner"] == "ALTO"
+    assert r["hyper"] == (0.5, 0.01, 1e-4, 1e-2, True)
+    assert r["state_keys"] == ["diff_carry", "exp_avg", "exp_avg_sq", "step"]
+    assert r["losses"][-1] < r["losses"][0] + 1.0 and all(map(math.isfinite, r["losses"]))
+
+
+def test_fully_sharded_model_space_is_refused_by_name(runs: dict) -> None:
+    """megatron-core 0.19.2 cannot write this format for any optimizer; ALTO says so."""
+    for rank in runs["parity"]:
+        message = rank["fs_model_space_refused"]
+        assert "distrib_optim_sharding_type='fully_sharded_model_space'" in message
+        assert "allowed: 'dp_reshardable'" in message
