@@ -12,6 +12,10 @@
 #    measured copy bandwidth, and peak extra memory, with the issue's targets checked.
 # 3. bench/optim_step.py --device cuda, the project's benchmark.
 # 4. bf16 vs fp32 optimizer state with the real kernels on a small language model.
+# 5. Megatron-LM's pretrain_gpt.py (issue 13): --optimizer alto against --optimizer
+#    adam, MoE (8 experts top-2, alltoall), bf16, distributed optimizer, mock data,
+#    300 steps each: tokens/s (median iteration time after warmup) and peak memory.
+#    Needs Megatron-LM's pretrain_gpt.py: $MEGATRON_LM (default ../shared/vendor/megatron-lm).
 # Logs and JSON land in $OUT (the device tool's folder) or bench/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -218,4 +222,65 @@ for name, betas, alpha in [("small-batch", (0.01, 0.9, 0.99), 0.5), ("large-batc
         print(f"| {name} {betas} alpha={alpha} | {str(sd)[6:]} | {statistics.mean(vals):.4f} | "
               + ", ".join(f"{v:.3f}" for v in vals) + " |", flush=True)
 PYEOF
+
+echo "== 5. Megatron-LM pretrain_gpt.py: --optimizer alto vs adam (MoE, bf16, dist-opt, 300 steps)"
+MLM=${MEGATRON_LM:-../shared/vendor/megatron-lm}
+if [ -f "$MLM/pretrain_gpt.py" ]; then
+    for opt in adam alto; do
+        extra=()
+        if [ "$opt" = alto ]; then
+            extra=(--alto-alpha -5 --alto-beta1 0.99)
+        fi
+        PYTHONPATH="$MLM${PYTHONPATH:+:$PYTHONPATH}" timeout 900 $PY -m torch.distributed.run \
+            --standalone --nproc-per-node=1 -m alto.megatron.megatron_lm "$MLM/pretrain_gpt.py" \
+            --optimizer "$opt" "${extra[@]}" \
+            --num-layers 12 --hidden-size 1024 --ffn-hidden-size 4096 --num-attention-heads 16 \
+            --num-experts 8 --moe-router-topk 2 --moe-token-dispatcher-type alltoall \
+            --moe-ffn-hidden-size 2048 --disable-bias-linear --transformer-impl local \
+            --seq-length 1024 --max-position-embeddings 1024 --position-embedding-type rope \
+            --micro-batch-size 8 --global-batch-size 8 --train-iters 300 --eval-iters 0 \
+            --lr 3e-4 --min-lr 3e-5 --lr-decay-style cosine --lr-warmup-iters 20 \
+            --weight-decay 0.1 --clip-grad 1.0 --bf16 --use-distributed-optimizer \
+            --no-gradient-accumulation-fusion --no-masked-softmax-fusion \
+            --no-bias-dropout-fusion --no-rope-fusion \
+            --mock-data --tokenizer-type NullTokenizer --vocab-size 32000 \
+            --log-interval 25 --log-memory-interval 100 --seed 1234 2>&1 \
+            | tee "$OUTDIR/megatron_lm_$opt.log" || status=1
+    done
+    $PY - "$OUTDIR" <<'PYEOF' 2>&1 | tee "$OUTDIR/megatron_lm.log" || status=1
+import json, re, statistics, sys
+from pathlib import Path
+
+out = Path(sys.argv[1])
+rows = {}
+for opt in ("adam", "alto"):
+    text = (out / f"megatron_lm_{opt}.log").read_text()
+    times = [float(t) for t in re.findall(r"elapsed time per iteration \(ms\): ([0-9.]+)", text)]
+    peaks = [float(m) for m in re.findall(r"max allocated: ([0-9.]+)", text)]
+    losses = re.findall(r"lm loss: ([0-9.E+-]+)", text)
+    if len(times) < 3:
+        sys.exit(f"{opt}: fewer than 3 logged intervals in megatron_lm_{opt}.log")
+    ms = statistics.median(times[2:])  # the first intervals include start-up and warmup
+    rows[opt] = {
+        "ms_per_iter": ms,
+        "tokens_per_s": 8 * 1024 / (ms / 1e3),
+        "peak_allocated_mb": max(peaks) if peaks else None,
+        "last_loss": float(losses[-1]) if losses else None,
+    }
+(out / "megatron_lm.json").write_text(json.dumps(rows, indent=2))
+print("| optimizer | tokens/s | ms/iter | peak allocated MB | last lm loss |")
+print("| --- | --- | --- | --- | --- |")
+for opt, r in rows.items():
+    print(f"| {opt} | {r['tokens_per_s']:.0f} | {r['ms_per_iter']:.1f} | {r['peak_allocated_mb']} | {r['last_loss']} |")
+a, b = rows["alto"], rows["adam"]
+print(f"alto/adam: tokens/s {a['tokens_per_s'] / b['tokens_per_s']:.3f}", end="")
+if a["peak_allocated_mb"] and b["peak_allocated_mb"]:
+    print(f", peak memory {a['peak_allocated_mb'] / b['peak_allocated_mb']:.3f}")
+else:
+    print()
+PYEOF
+else
+    echo "no $MLM/pretrain_gpt.py (set MEGATRON_LM to a Megatron-LM checkout): skipped"
+    status=1
+fi
 exit $status
