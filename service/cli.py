@@ -10,11 +10,40 @@ from __future__ import annotations
 
 import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from alto_client.cli import EXIT_ERROR, JsonOpt, cli_errors, console, err_console, print_json
+from rich.console import Console
+
+# `alto_client.cli` imports this module while it loads its plug-ins, so its helpers are
+# reached lazily (below); importing them here would import a half-loaded module
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+console = Console()
+err_console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def cli_errors() -> Iterator[None]:
+    """The client CLI's error handling: one line on stderr and an exit code."""
+    from alto_client.cli import cli_errors as client_errors
+
+    with client_errors():
+        yield
+
+
+def print_json(value: Any) -> None:
+    from alto_client.cli import print_json as client_print_json
+
+    client_print_json(value)
+
+
+def _exit_error() -> typer.Exit:
+    from alto_client.cli import EXIT_ERROR
+
+    return typer.Exit(EXIT_ERROR)
+
 
 DataDirOpt = Annotated[
     Path | None, typer.Option(help="Data directory (default: ALTO_DATA_DIR or ~/.alto).")
@@ -137,7 +166,7 @@ def token_revoke(
     if n == 0:
         what = f"token {token_id}" if token_id is not None else f"tokens of {owner!r}"
         err_console.print(f"no unrevoked {what} found")
-        raise typer.Exit(EXIT_ERROR)
+        raise _exit_error()
     err_console.print(f"revoked {n} token(s)")
 
 
@@ -181,7 +210,7 @@ def demo(
             console=console,
         )
     if not ok:
-        raise typer.Exit(EXIT_ERROR)
+        raise _exit_error()
 
 
 def register(app: typer.Typer) -> None:

@@ -13,14 +13,14 @@ from collections.abc import Iterable
 from enum import Enum
 from typing import Any
 
-from alto_client.models import Job, JobStatus, LatestMetric
+from alto_client.models import TERMINAL_STATUSES, Job, JobStatus, LatestMetric
 from sqlalchemy import Row, Select, bindparam, func, literal, select, text, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
 from service.db.tables import ComparisonRow, JobRow, JobTag, MetricRow, UTCDateTime, utcnow
 
-TERMINAL = {s.value for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)}
+TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)  # as stored in the jobs table
 WAITING = (JobStatus.PENDING.value, JobStatus.QUEUED.value)
 
 _JOBS = JobRow.__table__

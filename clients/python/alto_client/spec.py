@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -28,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from alto_client.errors import FieldError
 
 __all__ = [
     "AdamWSpec",
@@ -431,15 +432,9 @@ class ReportSpec(_Strict):
 # --------------------------------------------------------------------------- problems
 
 
-@dataclass(frozen=True)
-class SpecProblem:
-    """One thing wrong with a spec: the dotted field path and what is wrong."""
-
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.field or '<spec>'}: {self.message}"
+SpecProblem = FieldError
+"""One thing wrong with a spec: the project's one definition of a bad field
+(``SpecProblem(field, message)``; ``.field`` and ``.message`` read it back)."""
 
 
 def problems_from_validation_error(exc: ValidationError) -> list[SpecProblem]:
