@@ -11,7 +11,7 @@ can reach GitHub). `--index` adds the index's latest-release data, which can be 
 than the snapshot, for the packages installed at their latest release.
 
     python deploy/audit.py                          # the running interpreter's environment
-    python deploy/audit.py -r deploy/constraints.txt  # exact pins (name==version) in a file
+    python deploy/audit.py -r requirements.lock        # exact pins (name==version) in a file
     python deploy/audit.py --json                   # one JSON object on stdout
     python deploy/audit.py --index                  # plus the index's latest-release data
 

@@ -5,7 +5,7 @@ advisory database, for the distributions this project installs.
     .venv/bin/python deploy/audit_refresh.py /tmp/advisory-database
 
 The packages are the distributions of the running interpreter (run it with the
-project's .venv after `make install`) plus the pins of deploy/constraints.txt (what the
+project's .venv after `make install`) plus the pins of requirements.lock (what make, CI and the
 images install); `-r FILE` adds others. Each one is written, with an empty list when no
 advisory names it, so deploy/audit.py can tell "no known advisory" from "not covered".
 
@@ -32,7 +32,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import audit
 
-DEFAULT_CONSTRAINTS = audit.DEPLOY_DIR / "constraints.txt"
+DEFAULT_CONSTRAINTS = audit.DEPLOY_DIR.parent / "requirements.lock"
 UPSTREAM = "https://github.com/pypa/advisory-database"
 _KEEP = ("id", "aliases", "summary", "published", "modified", "withdrawn")
 
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         action="append",
         default=None,
-        help="also cover the pins of this file (default: deploy/constraints.txt)",
+        help="also cover the pins of this file (default: requirements.lock)",
     )
     parser.add_argument("-o", "--output", type=Path, default=audit.DEFAULT_SNAPSHOT)
     args = parser.parse_args(argv)

@@ -7,12 +7,14 @@
 #     docker build -f deploy/engine.Dockerfile -t alto/engine:0.1.0 .
 #   CPU (what deploy/compose.yaml builds):
 #     docker build -f deploy/engine.Dockerfile -t alto/engine:0.1.0-cpu \
-#       --build-arg BASE_IMAGE=ubuntu:22.04 \
+#       --build-arg BASE_IMAGE=ubuntu:24.04 \
 #       --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu .
-# Versions: torch by TORCH_VERSION, everything else by deploy/constraints.txt.
-ARG BASE_IMAGE=nvidia/cuda:12.9.1-base-ubuntu22.04
+# Versions: torch by TORCH_VERSION, everything else by the project's one lock
+# (requirements.lock, `pip install -c`), the same one `make` and CI install from.
+ARG BASE_IMAGE=nvidia/cuda:12.9.1-base-ubuntu24.04
 
-# Ubuntu 22.04 ships Python 3.11, the one version the project supports. wget is there
+# Ubuntu 24.04 ships Python 3.12, the version the project supports (megatron-core 0.19
+# needs >= 3.12). wget is there
 # because KubeRay's default liveness/readiness probes call it inside Ray containers;
 # gcc and the Python headers because Triton (the fused ALTO step) compiles its kernel
 # launchers with the system C compiler at run time.
@@ -23,7 +25,7 @@ SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
-      python3.11 python3.11-venv python3.11-dev gcc libc6-dev ca-certificates wget \
+      python3.12 python3.12-venv python3.12-dev gcc libc6-dev ca-certificates wget \
  && rm -rf /var/lib/apt/lists/*
 
 FROM python AS build
@@ -32,7 +34,7 @@ ARG TORCH_INDEX_URL=https://pypi.org/simple
 # the pip Ubuntu's venv brings is years old; use the one the test suite ran with
 ARG PIP_VERSION=26.3
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
-RUN python3.11 -m venv /opt/venv \
+RUN python3.12 -m venv /opt/venv \
  && pip install --no-cache-dir "pip==${PIP_VERSION}" \
  && pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}"
 WORKDIR /src
@@ -40,10 +42,11 @@ WORKDIR /src
 # requirements or the pins change, not on every source edit
 COPY pyproject.toml README.md ./
 COPY clients/python/pyproject.toml clients/python/
-COPY deploy/requirements.py deploy/constraints.txt deploy/
-RUN { python deploy/requirements.py pyproject.toml engine gpu --exclude torch \
+COPY requirements.lock ./
+COPY deploy/requirements.py deploy/
+RUN { python deploy/requirements.py pyproject.toml engine gpu --exclude torch --exclude alto-client \
    && python deploy/requirements.py clients/python/pyproject.toml cli; } > /tmp/requirements.txt \
- && pip install --no-cache-dir -c deploy/constraints.txt -r /tmp/requirements.txt
+ && pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt
 COPY clients/python clients/python
 COPY alto alto
 COPY engine engine

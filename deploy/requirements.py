@@ -3,7 +3,7 @@
 Why: the container images install third-party packages in a cached layer of their own,
 before the project's source is copied in, and they must install exactly what
 pyproject.toml declares; a second hand-written list would drift from it. Versions are
-pinned separately by deploy/constraints.txt (`pip install -c`).
+pinned separately by the project's lock, requirements.lock (`pip install -c`).
 
     python deploy/requirements.py pyproject.toml engine gpu --exclude torch
     python deploy/requirements.py clients/python/pyproject.toml cli

@@ -4,8 +4,9 @@
 # talks to a Ray cluster through Ray's job API and to PostgreSQL or SQLite.
 # Build from the repository root:
 #   docker build -f deploy/service.Dockerfile -t alto/service:0.1.0 .
-# Versions: the base image by tag, Python packages by deploy/constraints.txt.
-FROM python:3.11.14-slim-bookworm AS build
+# Versions: the base image by tag, Python packages by the project's one lock
+# (requirements.lock, `pip install -c`), the same one `make` and CI install from.
+FROM python:3.12.12-slim-bookworm AS build
 ARG PIP_VERSION=26.3
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv \
@@ -13,18 +14,19 @@ RUN python -m venv /opt/venv \
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY clients/python/pyproject.toml clients/python/
-COPY deploy/requirements.py deploy/constraints.txt deploy/
+COPY requirements.lock ./
+COPY deploy/requirements.py deploy/
 # torch is a base dependency of the distribution but the service never imports it
 # (tests/deploy checks that), so the image leaves it and its gigabytes out
-RUN { python deploy/requirements.py pyproject.toml service postgres --exclude torch \
+RUN { python deploy/requirements.py pyproject.toml service postgres --exclude torch --exclude alto-client \
    && python deploy/requirements.py clients/python/pyproject.toml cli; } > /tmp/requirements.txt \
- && pip install --no-cache-dir -c deploy/constraints.txt -r /tmp/requirements.txt
+ && pip install --no-cache-dir -c requirements.lock -r /tmp/requirements.txt
 COPY clients/python clients/python
 COPY alto alto
 COPY service service
 RUN pip install --no-cache-dir --no-deps ./clients/python .
 
-FROM python:3.11.14-slim-bookworm AS runtime
+FROM python:3.12.12-slim-bookworm AS runtime
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 ALTO_DATA_DIR=/var/lib/alto
 RUN useradd --create-home --uid 1000 alto \
  && mkdir -p /var/lib/alto && chown alto:alto /var/lib/alto

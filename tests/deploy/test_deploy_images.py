@@ -2,7 +2,7 @@
 
 No Docker engine here, so these check the inputs of a build: the requirement lists the
 Dockerfiles derive from pyproject.toml (deploy/requirements.py), the version pins
-(deploy/constraints.txt), what each Dockerfile copies and whether .dockerignore lets it
+(requirements.lock, the project's one lock), what each Dockerfile copies and whether .dockerignore lets it
 through, and that the code each image runs imports only what that image installs.
 """
 
@@ -105,19 +105,20 @@ def _image_requirements(requirements_tool: ModuleType, image: str) -> list[str]:
     out: list[str] = list(spec["extra_requirements"])
     for pyproject, extras, base in spec["installs"]:
         out += requirements_tool.declared_requirements(
-            REPO / pyproject, extras, base=base, exclude=frozenset({"torch"})
+            REPO / pyproject, extras, base=base, exclude=frozenset({"torch", "alto-client"})
         )
     return out
 
 
-def _constraints() -> dict[str, str]:
+def _lock() -> dict[str, str]:
+    """requirements.lock as {name: version}; every line an exact pin."""
     pins: dict[str, str] = {}
-    for line in (DEPLOY / "constraints.txt").read_text().splitlines():
+    for line in (REPO / "requirements.lock").read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, sep, version = line.partition("==")
-            assert sep, f"constraints.txt: {line!r} is not an exact pin (name==version)"
-            pins[canonicalize_name(name)] = version
+            assert sep, f"requirements.lock: {line!r} is not an exact pin (name==version)"
+            pins[canonicalize_name(name)] = version.strip()
     return pins
 
 
@@ -125,24 +126,31 @@ def _constraints() -> dict[str, str]:
 def test_every_requirement_is_pinned_and_the_pin_satisfies_it(
     requirements_tool: ModuleType, image: str
 ) -> None:
-    pins = _constraints()
+    pins = _lock()
     problems = []
     for line in _image_requirements(requirements_tool, image):
         req = Requirement(line)
         name = canonicalize_name(req.name)
-        if name in {"torch", "triton"}:
-            continue  # chosen per build (CPU or CUDA); see the header of constraints.txt
         if name not in pins:
-            problems.append(f"{line}: no pin in deploy/constraints.txt")
+            problems.append(f"{line}: no pin in requirements.lock")
         elif not req.specifier.contains(pins[name], prereleases=True):
             problems.append(f"{line}: pinned to {pins[name]}, which does not satisfy it")
     assert problems == [], "\n".join(problems)
 
 
-def test_constraints_leave_build_specific_packages_out() -> None:
-    pins = _constraints()
-    assert not {"torch", "triton"} & set(pins)
-    assert not [name for name in pins if name.startswith("nvidia-")]
+def test_one_lock_for_make_ci_and_both_images() -> None:
+    """make installs from requirements.lock; both images constrain with it; nothing else
+    pins versions."""
+    assert "-r requirements.lock" in (REPO / "Makefile").read_text()
+    for image in IMAGES.values():
+        text = image["dockerfile"].read_text()
+        assert "-c requirements.lock" in text and "constraints.txt" not in text
+    assert not (DEPLOY / "constraints.txt").exists()
+    pins = _lock()
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    torch = next(r for r in project["dependencies"] if Requirement(r).name == "torch")
+    assert Requirement(torch).specifier.contains(pins["torch"])
+    assert pins["megatron-core"].startswith("0.19.")
 
 
 def test_torch_and_ray_pins_agree_across_files(compose: dict, manifests: dict) -> None:
