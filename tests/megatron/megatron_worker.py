@@ -283,7 +283,8 @@ def _state_tensors(optimizer: Any) -> list[torch.Tensor]:
 def fp16_skipped_step(optimizer_name: str) -> dict[str, Any]:
     """fp16 with dynamic loss scaling: 2 good steps, then a step whose scaled gradients
     overflow (the loss scale forced to 2**40) must leave every optimizer state tensor,
-    main parameter and model parameter bitwise unchanged; the next step applies."""
+    main parameter and model parameter bitwise unchanged; the next step (at the old
+    scale again) applies and changes the state."""
     layout = H.Layout(fp16=True, optimizer=optimizer_name, bucket_size=None)
     model, optimizer = build(layout, initial_loss_scale=2.0**8)
     good = [H.one_step(model, optimizer, s)[0] for s in range(2)]
@@ -293,6 +294,8 @@ def fp16_skipped_step(optimizer_name: str) -> dict[str, Any]:
     skipped_ok, _ = H.one_step(model, optimizer, 2)
     state_after = _state_tensors(optimizer)
     params_after = [p.detach().clone() for p in model.parameters()]
+    for inner in optimizer.chained_optimizers:  # back to a scale that does not overflow
+        inner.grad_scaler._scale = torch.tensor([2.0**8])
     next_ok = H.one_step(model, optimizer, 3)[0]
     return {
         "good": good,
