@@ -213,9 +213,18 @@ class TrustRatioAdam(torch.optim.Optimizer):
             return state_dtype(p)
         return self.state_dtype
 
-    def _state_for(self, p: Tensor, impl: Implementation) -> dict[str, Any]:
+    def _state_for(self, p: Tensor, impl: Implementation | None = None) -> dict[str, Any]:
+        """``p``'s state, created on first use; ``impl`` is the implementation of
+        ``p``'s group (looked up when not given, e.g. by Megatron's state init)."""
         state = self.state[p]
         if len(state) == 0:
+            if impl is None:
+                index, group = next(
+                    (i, g)
+                    for i, g in enumerate(self.param_groups)
+                    if any(q is p for q in g["params"])
+                )
+                impl = self._impl(index, group)
             step_device = p.device if impl.step_on_param_device else torch.device("cpu")
             state["step"] = torch.zeros((), dtype=torch.float32, device=step_device)
             dtype = self._state_dtype_for(p)
