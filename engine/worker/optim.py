@@ -3,38 +3,17 @@
 This module maps a spec to an ``alto.megatron.AltoOptimizerConfig`` and nothing more:
 building, sharding and checkpointing are ``alto.megatron.get_megatron_optimizer``'s
 (its optimizer table).  ``alto`` and ``adamw`` run in megatron's DistributedOptimizer
-(``adamw`` through megatron's own factory where alto.megatron is not installed);
+(alto.megatron ships with the engine: one factory for every optimizer);
 ``e`` around Adam/AdamW configured by betas, eps and weight_decay (``ESpec.sharded``)
 too, and ``e`` around any other torch optimizer unsharded (``e_base``).
 """
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from alto_client.spec import AdamWSpec, AltoSpec, ESpec, JobSpec
 
-
-def _alto_factory():
-    """The ALTO megatron integration (``AltoOptimizerConfig``, ``get_megatron_optimizer``),
-    or None where it is not installed."""
-    if importlib.util.find_spec("alto.megatron.factory") is None:
-        return None
-    import alto.megatron
-
-    return alto.megatron
-
-
-def _require_alto_factory(what: str):
-    """The ALTO megatron integration, or an error saying that ``what`` needs it."""
-    factory = _alto_factory()
-    if factory is None:
-        raise RuntimeError(
-            f"{what} needs alto.megatron (the ALTO megatron integration), which is not "
-            "installed in this environment; use optimizer 'adamw'"
-        )
-    return factory
+from alto.megatron import AltoOptimizerConfig, get_megatron_optimizer
 
 
 def uses_distributed_optimizer(spec: JobSpec) -> bool:
@@ -67,8 +46,7 @@ def build_optimizer(spec: JobSpec, model: torch.nn.Module):
 
 
 def _build_alto(spec: JobSpec, opt: AltoSpec, model: torch.nn.Module):
-    factory = _require_alto_factory("optimizer 'alto'")
-    config = factory.AltoOptimizerConfig(
+    config = AltoOptimizerConfig(
         optimizer="alto",
         alto_alpha=opt.alpha,
         alto_beta1=opt.beta1,
@@ -78,7 +56,7 @@ def _build_alto(spec: JobSpec, opt: AltoSpec, model: torch.nn.Module):
         weight_decay=opt.weight_decay,
         **_base_config_kwargs(spec),
     )
-    return factory.get_megatron_optimizer(config, [model])
+    return get_megatron_optimizer(config, [model])
 
 
 def _build_adamw(spec: JobSpec, opt: AdamWSpec, model: torch.nn.Module):
@@ -91,19 +69,13 @@ def _build_adamw(spec: JobSpec, opt: AdamWSpec, model: torch.nn.Module):
         decoupled_weight_decay=True,
         **_base_config_kwargs(spec),
     )
-    factory = _alto_factory()
-    if factory is not None:
-        return factory.get_megatron_optimizer(factory.AltoOptimizerConfig(**kwargs), [model])
-    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
-
-    return get_megatron_optimizer(OptimizerConfig(**kwargs), [model])
+    return get_megatron_optimizer(AltoOptimizerConfig(**kwargs), [model])
 
 
 def _build_e(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
     """E through alto.megatron's "e": around megatron's Adam/AdamW (sharded, bf16) when
     the spec's base is Adam/AdamW configured by betas, eps and weight_decay
     (``ESpec.sharded``), else around the named torch optimizer, unsharded."""
-    factory = _require_alto_factory("optimizer 'e'")
     hyper = dict(opt.base_hyperparameters)
     hyper.pop("weight_decay", None)  # the config's weight_decay (times wd_mult) is the base's
     if opt.sharded:
@@ -118,7 +90,7 @@ def _build_e(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
     else:  # Adam/AdamW with other keywords (amsgrad, ...) are torch's, unsharded
         name = f"torch_{opt.base}" if opt.base in ("adam", "adamw") else opt.base
         base = dict(e_base=name, e_base_kwargs=hyper)
-    config = factory.AltoOptimizerConfig(
+    config = AltoOptimizerConfig(
         optimizer="e",
         e_alpha=opt.alpha,
         e_beta=opt.beta1,
@@ -126,7 +98,7 @@ def _build_e(spec: JobSpec, opt: ESpec, model: torch.nn.Module):
         **base,
         **_base_config_kwargs(spec),
     )
-    return factory.get_megatron_optimizer(config, [model])
+    return get_megatron_optimizer(config, [model])
 
 
 def _leaf_optimizers(optimizer) -> list:
