@@ -419,7 +419,7 @@ class TrustRatioAdam(torch.optim.Optimizer):
         """A tensor learning rate stays a device tensor where the implementation reads it
         on the device (fused); elsewhere it is read once per group and step."""
         if isinstance(lr, Tensor):
-            return lr.to(device) if impl.tensor_lr else float(lr)
+            return lr.to(device=device, dtype=torch.float32) if impl.tensor_lr else float(lr)
         return lr
 
     @staticmethod
