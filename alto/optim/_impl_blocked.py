@@ -8,8 +8,8 @@ Memory traffic per step drops to the fused-kernel floor (phase 1 reads theta, g,
 c, m, v and writes c, m, v; phase 2 reads theta, m, v and writes theta) and no
 full-size temporary is allocated.
 
-Same operations as the reference (``_impl_single``: E's transform, then Lamb's
-moments) applied block by block; the contract is ``alto.optim._protocol``. Norms
+The reference's own functions (``_impl_single.explore_``, E's transform, then
+``lamb_moments_``, Lamb's) applied block by block; the contract is ``alto.optim._protocol``. Norms
 are accumulated per block in float64 on the host (on the CPU a host read is free).
 """
 
@@ -18,7 +18,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from alto.optim._common import bias_corrections, explore_coefficients
+from alto.optim._common import bias_corrections
+from alto.optim._impl_single import explore_, lamb_moments_
 
 #: Elements per block: small enough for a few blocks to stay in L2/L3, large
 #: enough that per-op overhead (a few microseconds) stays negligible.
@@ -52,15 +53,6 @@ def _flat(t: Tensor) -> Tensor:
     return t.view(-1) if t.is_contiguous() else t.contiguous().view(-1)
 
 
-def _explore_block(
-    gc: Tensor, cc: Tensor, out: Tensor, s: float, q: float, b1: float, alpha: float
-):
-    """E on one block: out = s g + alpha c, then c <- b1 c + q g (same dtype)."""
-    torch.mul(gc, s, out=out).add_(cc, alpha=alpha)
-    cc.mul_(b1).add_(gc, alpha=q)
-    return out
-
-
 class Blocked:
     """Runs each phase block by block while the block is in cache (CPU only)."""
 
@@ -90,7 +82,6 @@ class Blocked:
         torch._foreach_add_(steps, 1.0)
         scale, sqrt_bc3 = bias_corrections(steps, b2, b3)
         g_scale = None if grad_scale is None else float(grad_scale)
-        s, q = explore_coefficients(b1, alpha)
         buffers = _Buffers()
         rows: list[tuple[float, float]] = []
         for i, (p, g, m, v) in enumerate(zip(params, grads, exp_avgs, exp_avg_sqs)):
@@ -109,9 +100,8 @@ class Blocked:
                         gc.mul_(g_scale)
                 mc, vc = mf[lo:hi], vf[lo:hi]
                 if cf is not None:  # ALTO = E then Lamb, on this block
-                    gc = _explore_block(gc, cf[lo:hi], b_gt, s, q, b1, alpha)
-                mc.lerp_(gc, 1.0 - b2)
-                vc.mul_(b3).addcmul_(gc, gc, value=1.0 - b3)
+                    gc = explore_(gc, cf[lo:hi], b1=b1, alpha=alpha, out=b_gt)
+                lamb_moments_(mc, vc, gc, b2=b2, b3=b3)
                 if with_norms:
                     th = pf[lo:hi]
                     if th.dtype != dtype:
@@ -169,7 +159,6 @@ class Blocked:
         self, grads: list[Tensor], diff_carries: list[Tensor], *, b1: float, alpha: float
     ) -> list[Tensor]:
         """One blocked pass over g and c; new tensors in the gradients' dtypes."""
-        s, q = explore_coefficients(b1, alpha)
         out = [torch.empty_like(g, memory_format=torch.contiguous_format) for g in grads]
         buffers = _Buffers()
         for g, c, o in zip(grads, diff_carries, out):
@@ -180,9 +169,9 @@ class Blocked:
                 if gc.dtype != cc.dtype:
                     b_g, b_o, _ = buffers.get(cc.dtype, hi - lo)
                     gc = b_g.copy_(gc)
-                    of[lo:hi].copy_(_explore_block(gc, cc, b_o, s, q, b1, alpha))
+                    of[lo:hi].copy_(explore_(gc, cc, b1=b1, alpha=alpha, out=b_o))
                 else:
-                    _explore_block(gc, cc, of[lo:hi], s, q, b1, alpha)
+                    explore_(gc, cc, b1=b1, alpha=alpha, out=of[lo:hi])
         return out
 
 

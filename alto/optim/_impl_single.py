@@ -15,13 +15,16 @@ from torch import Tensor
 from alto.optim._common import explore_coefficients
 
 
-def explore_(g: Tensor, c: Tensor, *, b1: float, alpha: float) -> Tensor:
+def explore_(g: Tensor, c: Tensor, *, b1: float, alpha: float, out: Tensor | None = None) -> Tensor:
     """E: g~ = g + alpha a_k with a_k = c_k + (1-b1) g_k; then c_{k+1} = b1 c_k - (1-b1)^2 g_k.
 
-    ``g`` and ``c`` in the same dtype; returns a new tensor, advances ``c`` in place.
+    ``g`` and ``c`` in the same dtype (a tensor, or a block of one: the blocked
+    path calls this per block); returns g~ in ``out`` or a new tensor, advances
+    ``c`` in place.
     """
     s, q = explore_coefficients(b1, alpha)
-    g_tilde = g * s + c * alpha
+    g_tilde = g * s if out is None else torch.mul(g, s, out=out)
+    g_tilde.add_(c, alpha=alpha)
     c.mul_(b1).add_(g, alpha=q)
     return g_tilde
 
@@ -33,8 +36,11 @@ def explore(g: Tensor, c: Tensor, *, b1: float, alpha: float) -> tuple[Tensor, T
 
 
 def lamb_moments_(m: Tensor, v: Tensor, g: Tensor, *, b2: float, b3: float) -> None:
-    """Lamb's (Adam's) moments: m <- b2 m + (1-b2) g, v <- b3 v + (1-b3) g^2."""
-    m.mul_(b2).add_(g, alpha=1.0 - b2)
+    """Lamb's (Adam's) moments: m <- b2 m + (1-b2) g, v <- b3 v + (1-b3) g^2.
+
+    m as a lerp towards g (one pass), as the foreach path does it too.
+    """
+    m.lerp_(g, 1.0 - b2)
     v.mul_(b3).addcmul_(g, g, value=1.0 - b3)
 
 
