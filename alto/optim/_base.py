@@ -235,6 +235,17 @@ class TrustRatioAdam(torch.optim.Optimizer):
                 state["diff_carry"] = torch.zeros_like(p, dtype=dtype, memory_format=fmt)
         return state
 
+    def init_state(self) -> None:
+        """Create every parameter's state as its first step would (all zeros, step 0).
+
+        For callers that need the state's layout before any step, e.g. Megatron's
+        ``init_state_fn`` building the template a checkpoint is loaded into.
+        """
+        for index, group in enumerate(self.param_groups):
+            impl = self._impl(index, group)
+            for p in group["params"]:
+                self._state_for(p, impl)
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load like torch, but keep fp32 states for bf16/fp16 params and steps on their device.
 

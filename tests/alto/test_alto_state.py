@@ -173,3 +173,28 @@ def test_alto_add_param_group_validates_and_steps() -> None:
     assert opt.param_groups[1]["betas"] == (0.99, 0.9, 0.99)
     train(model, opt, batches(1))
     assert len(opt.state) == 4
+
+
+@pytest.mark.parametrize("cls", [ALTO, Lamb])
+def test_init_state_is_what_the_first_step_creates(cls) -> None:
+    """init_state() (Megatron's init_state_fn) gives the first step's layout, zeroed."""
+    model = torch.nn.Linear(3, 2)
+    opt = cls(param_groups(model), lr=1e-2)
+    opt.init_state()
+    keys = {"step", "exp_avg", "exp_avg_sq"} | ({"diff_carry"} if cls is ALTO else set())
+    for p in model.parameters():
+        st = opt.state[p]
+        assert set(st) == keys
+        assert float(st["step"]) == 0.0 and st["step"].device.type == "cpu"
+        for k in keys - {"step"}:
+            assert st[k].shape == p.shape and st[k].dtype == torch.float32
+            assert not st[k].any()
+    twin_model = torch.nn.Linear(3, 2)
+    twin_model.load_state_dict(model.state_dict())
+    twin = cls(param_groups(twin_model), lr=1e-2)
+    for m in (model, twin_model):
+        m(torch.ones(4, 3)).sum().backward()
+    opt.step()
+    twin.step()
+    for a, b in zip(model.parameters(), twin_model.parameters()):
+        assert torch.equal(a, b)
