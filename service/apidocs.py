@@ -25,6 +25,7 @@ PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>ALTO service API</title>
+<link rel="icon" href="/dashboard/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/docs/static/swagger-ui.css">
 </head>
 <body>

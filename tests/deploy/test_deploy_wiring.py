@@ -177,11 +177,13 @@ def test_rayjob_runs_a_preset_that_the_image_carries(manifests: dict) -> None:
     argv = shlex.split(job["entrypoint"])
     assert argv[:3] == ["python", "-m", "engine.run"]
     config = Path(argv[3])
-    assert config.parent == Path("/opt/alto/configs")  # COPY configs /opt/alto/configs
+    assert config.parent == Path("/opt/alto/configs")  # COPY service/configs /opt/alto/configs
     JobSpec.from_yaml(REPO / "configs" / config.name)
     assert argv[4] == "--out" and argv[5].startswith("/mnt/alto/")
     assert job["clusterSelector"] == {"ray.io/cluster": "alto-ray"}
-    assert "COPY configs /opt/alto/configs" in (REPO / "deploy/engine.Dockerfile").read_text()
+    assert (
+        "COPY service/configs /opt/alto/configs" in (REPO / "deploy/engine.Dockerfile").read_text()
+    )
 
 
 # --------------------------------------------------------------------------- compose
