@@ -1,4 +1,4 @@
-"""The demo and the benchmark run end to end (tiny settings; not a timing test)."""
+"""The spirals example and the benchmark run end to end (tiny settings; not a timing test)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from alto import demo
-
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def load_bench():
-    spec = importlib.util.spec_from_file_location("optim_step", ROOT / "bench" / "optim_step.py")
+def load_script(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_demo_prints_a_row_per_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
-    assert demo.main(["--steps", "3", "--seeds", "1"]) == 0
+def load_bench():
+    return load_script(ROOT / "bench" / "optim_step.py", "optim_step")
+
+
+def test_spirals_example_prints_a_row_per_optimizer(capsys: pytest.CaptureFixture[str]) -> None:
+    spirals = load_script(ROOT / "examples" / "spirals.py", "spirals")
+    assert spirals.main(["--steps", "3", "--seeds", "1"]) == 0
     out = capsys.readouterr().out
     for name in ("AdamW", "Lamb", "ALTO", "E(AdamW)"):
         assert f"| {name} |" in out

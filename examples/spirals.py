@@ -1,6 +1,6 @@
 """A small, honest optimizer demonstration: ALTO vs AdamW vs Lamb vs E(AdamW).
 
-    python -m alto.demo [--steps 200] [--seeds 2]
+    python examples/spirals.py [--steps 200] [--seeds 2]
 
 Task: 4-class noisy spirals (2-D inputs), an MLP 2-64-64-4, full-batch training
 on 2048 points (the large-batch regime the paper targets), test on 2048 fresh
