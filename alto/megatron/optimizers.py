@@ -96,11 +96,9 @@ def override_key(name: str) -> str:
 
 
 def init_alto_state(optimizer: torch.optim.Optimizer, config: Any = None) -> None:
-    """Allocate ALTO's state (step, exp_avg, exp_avg_sq, diff_carry) for every parameter."""
-    for index, group in enumerate(optimizer.param_groups):
-        impl = optimizer._impl(index, group)
-        for param in group["params"]:
-            optimizer._state_for(param, impl)
+    """Allocate ALTO's state (step, exp_avg, exp_avg_sq, diff_carry) for every parameter,
+    through the optimizer's public `init_state` (as its first step would)."""
+    optimizer.init_state()
 
 
 def init_torch_adam_state(optimizer: torch.optim.Optimizer, config: Any = None) -> None:

@@ -1,5 +1,9 @@
 """The optimizer section: ALTO, AdamW, and E around a torch base optimizer, with the
-paper's defaults and the settings each base accepts."""
+paper's defaults and the settings each base accepts.
+
+The light client cannot import `alto` (torch), so the numbers here are a copy of
+`alto/defaults.py`, the one module that owns every default and bound;
+`tests/alto/test_hyperparams.py` pins this copy to it."""
 
 from __future__ import annotations
 
