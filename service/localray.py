@@ -61,6 +61,22 @@ _SOCKET_SUFFIX_BYTES = len("/session_2026-01-01_00-00-00_000000_4194304/sockets/
 _MAX_PRIVATE_DIR_BYTES = 107 - _SOCKET_SUFFIX_BYTES - len(RAY_TEMP_NAME) - 1 - 4  # 4: ".N"
 
 
+def free_port_flags() -> list[str]:
+    """`ray start` flags that move every fixed default port to a free one: any may be
+    taken by another Ray on the same machine (the dashboard agent's 52365 above all,
+    without which the job API refuses jobs)."""
+    flags = (
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--metrics-export-port",
+        "--runtime-env-agent-port",
+        "--ray-client-server-port",
+        "--node-manager-port",
+        "--object-manager-port",
+    )
+    return [f"{flag}={free_port()}" for flag in flags]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -358,18 +374,7 @@ class LocalRayHead:
             f"--dashboard-port={self.dashboard_port}",
             "--disable-usage-stats",
         ]
-        # every fixed default port may be taken by another Ray on the same machine (the
-        # dashboard agent's 52365 above all, without which the job API refuses jobs)
-        for flag in (
-            "--dashboard-agent-listen-port",
-            "--dashboard-agent-grpc-port",
-            "--metrics-export-port",
-            "--runtime-env-agent-port",
-            "--ray-client-server-port",
-            "--node-manager-port",
-            "--object-manager-port",
-        ):
-            cmd.append(f"{flag}={free_port()}")
+        cmd += free_port_flags()
         if self.num_cpus is not None:
             cmd.append(f"--num-cpus={self.num_cpus}")
         env = dict(os.environ)

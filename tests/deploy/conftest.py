@@ -69,3 +69,14 @@ def manifests() -> dict[str, dict[str, Any]]:
 def compose() -> dict[str, Any]:
     (doc,) = _docs(DEPLOY / "compose.yaml")
     return doc
+
+
+@pytest.fixture(scope="session")
+def audit() -> ModuleType:
+    """deploy/audit.py, imported as `audit` (audit_refresh.py imports it by that name)."""
+    return _load("audit", DEPLOY / "audit.py")
+
+
+@pytest.fixture(scope="session")
+def refresh(audit: ModuleType) -> ModuleType:
+    return _load("alto_deploy_audit_refresh", DEPLOY / "audit_refresh.py")

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import datetime as dt
 import http.server
-import importlib.util
 import json
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,27 +20,6 @@ from packaging.version import Version
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 TODAY = dt.date(2026, 12, 1)
-
-
-def _load(name: str, path: Path) -> ModuleType:
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def audit() -> ModuleType:
-    return _load("audit", DEPLOY / "audit.py")
-
-
-@pytest.fixture(scope="module")
-def refresh(audit: ModuleType) -> ModuleType:
-    return _load("alto_deploy_audit_refresh", DEPLOY / "audit_refresh.py")
 
 
 def ev(**kwargs: str) -> dict[str, str]:

@@ -35,6 +35,7 @@ from service.localray import (
     LocalRayHead,
     _terminate,
     free_port,
+    free_port_flags,
     head_processes,
     load_or_create_token,
     ray_private_dir,
@@ -113,16 +114,7 @@ def start_foreign_head(shared_tmp: Path, log: Path) -> tuple[subprocess.Popen[by
     cmd = [RAY, "start", "--head", "--block", f"--port={gcs_port}", "--num-cpus=1"]
     cmd += ["--include-dashboard=false", "--disable-usage-stats"]
     cmd += ["--node-ip-address=127.0.0.1"]
-    for flag in (
-        "--dashboard-agent-listen-port",
-        "--dashboard-agent-grpc-port",
-        "--metrics-export-port",
-        "--runtime-env-agent-port",
-        "--ray-client-server-port",
-        "--node-manager-port",
-        "--object-manager-port",
-    ):
-        cmd.append(f"{flag}={free_port()}")
+    cmd += free_port_flags()
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
     env.pop("RAY_ADDRESS", None)
     env.update(
