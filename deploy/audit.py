@@ -34,7 +34,9 @@ import argparse
 import datetime as dt
 import json
 import re
+import site
 import sys
+import sysconfig
 import tomllib
 import urllib.error
 import urllib.request
@@ -409,16 +411,27 @@ def apply_allowlist(
 
 
 def installed_distributions(path: list[str] | None = None) -> dict[str, str]:
-    """Name -> version of the distributions importable from `path` (default sys.path),
-    the first one found winning as it does for imports."""
+    """Name -> version of the distributions installed in `path` (default: this
+    interpreter's site-packages directories), the first one found winning as it does for
+    imports. Not all of sys.path: importing setuptools puts its `_vendor` directory
+    there, whose bundled copies (jaraco.*, zipp, ...) are not installed packages."""
     found: dict[str, str] = {}
     seen: set[str] = set()
-    for dist in metadata.distributions(path=path if path is not None else sys.path):
+    for dist in metadata.distributions(path=path if path is not None else _site_packages()):
         name = dist.metadata["Name"]
         if name and normalize_name(name) not in seen:
             seen.add(normalize_name(name))
             found[name] = dist.version
     return found
+
+
+def _site_packages() -> list[str]:
+    """The directories this interpreter installs distributions into (and the user's)."""
+    paths = sysconfig.get_paths()
+    dirs = [paths["purelib"], paths["platlib"]]
+    if site.ENABLE_USER_SITE:
+        dirs.append(site.getusersitepackages())
+    return [d for d in dict.fromkeys(dirs) if Path(d).is_dir()]
 
 
 def pinned_requirements(path: Path) -> dict[str, str]:
