@@ -247,20 +247,11 @@ class Scheduler:
                 spec = s.scalar(select(JobRow.spec).where(JobRow.seq == seq))
                 try:
                     never = never_fits_reason(JobSpec.model_validate(spec), capacity)
-                    launch_env(spec, self._public_url(), job_id, "t" * 48)
-                except Exception as exc:  # a job that cannot launch fails alone
+                except Exception as exc:  # a stored spec that no longer validates fails alone
                     self._fail_unlaunchable(s, seq, status, exc)
                     continue
                 if never is not None:
-                    self._transition(
-                        s,
-                        seq,
-                        expect_status=status,
-                        expect_cancel=False,
-                        status=JobStatus.FAILED,
-                        reason=f"can never run on this cluster: {never}",
-                    )
-                    s.commit()
+                    self._fail_waiting(s, seq, status, f"can never run on this cluster: {never}")
                     continue
                 if not fits(need, free):
                     waiting_reason = _waiting_reason(need, free)
@@ -282,12 +273,13 @@ class Scheduler:
         self, s: Session, seq: int, status: str, job_id: str, spec: dict, *, resubmit: bool
     ) -> bool:
         """Submit a job to Ray with a fresh ingestion token (stored hashed). Returns False
-        when the job was cancelled (or launched by someone else) since it was read."""
+        when the job was cancelled (or launched by someone else) since it was read, or
+        could not be launched at all (then it is FAILED, with its reason)."""
         token = new_token()
         ray_id = submission_id(job_id)
         try:
             env = launch_env(spec, self._public_url(), job_id, token)
-        except Exception as exc:  # checked at admission; a resubmission checks here
+        except Exception as exc:  # too large, or not valid Unicode: this job fails alone
             self._fail_unlaunchable(s, seq, status, exc)
             return False
         env.update(self._job_env(s, seq))
@@ -320,13 +312,18 @@ class Scheduler:
         s.rollback()
         log.warning("job %s cannot be launched: %s", seq, exc)
         self.stats.unlaunchable_jobs += 1
+        reason = f"cannot be launched: {type(exc).__name__}: {str(exc)[:500]}"
+        self._fail_waiting(s, seq, status, reason)
+
+    def _fail_waiting(self, s: Session, seq: int, status: str, reason: str) -> None:
+        """Move a waiting job (still `status`, no cancel asked) to FAILED with `reason`."""
         self._transition(
             s,
             seq,
             expect_status=status,
             expect_cancel=False,
             status=JobStatus.FAILED,
-            reason=f"cannot be launched: {type(exc).__name__}: {str(exc)[:500]}",
+            reason=reason,
         )
         s.commit()
 

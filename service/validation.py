@@ -16,8 +16,6 @@ from typing import Any
 from alto_client.models import FieldError
 from alto_client.spec import JobSpec
 
-from service.body import invalid_strings
-
 MAX_TAGS = 32
 MAX_TAG_LEN = 100
 METRIC_NAME_RE = re.compile(r"^[A-Za-z0-9_.:/\-]{1,200}$")
@@ -39,8 +37,6 @@ def _walk(value: Any, loc: list[str | int], out: list[FieldError]) -> None:
         )
     elif isinstance(value, str) and ("\x00" in value):
         out.append(FieldError(loc=loc, msg="must not contain NUL characters", type="string_type"))
-    elif isinstance(value, str):
-        out.extend(invalid_strings(value, loc))
     elif isinstance(value, dict):
         for k, v in value.items():
             _walk(v, [*loc, str(k)], out)

@@ -11,6 +11,7 @@ import math
 from datetime import datetime
 
 from rich.table import Table
+from rich.text import Text
 
 from alto_client.metrics import TRAIN_LOSS, VAL_LOSS
 from alto_client.models import ArmSummary, Comparison, ComparisonInfo, Job, JobStatus
@@ -156,8 +157,6 @@ def _fit(
 
 def _plain(cell: str) -> str:
     """A cell's text without rich markup (what takes room on the screen)."""
-    from rich.text import Text
-
     return Text.from_markup(cell).plain
 
 
