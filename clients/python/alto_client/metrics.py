@@ -25,6 +25,7 @@ __all__ = [
     "TRAIN_STEP_TIME_S",
     "TRAIN_TOKENS_PER_S",
     "VAL_LOSS",
+    "VAL_LOSS_SEM",
     "VAL_PPL",
     "MetricBatch",
     "MetricPoint",
@@ -41,6 +42,9 @@ TRAIN_TOKENS_PER_S = "train/tokens_per_s"
 TRAIN_STEP_TIME_S = "train/step_time_s"
 VAL_LOSS = "val/loss"
 VAL_PPL = "val/ppl"
+VAL_LOSS_SEM = "val/loss_sem"
+"""Standard error of one evaluation's loss, from the spread of its disjoint validation
+batches: how much of a difference in val/loss the evaluation itself can explain."""
 MEM_PEAK_ALLOCATED_BYTES = "mem/peak_allocated_bytes"
 """Peak GPU memory allocated by tensors (GPU jobs only)."""
 MEM_PEAK_RESERVED_BYTES = "mem/peak_reserved_bytes"
@@ -63,6 +67,7 @@ ALL_METRICS = (
     TRAIN_STEP_TIME_S,
     VAL_LOSS,
     VAL_PPL,
+    VAL_LOSS_SEM,
     MEM_PEAK_ALLOCATED_BYTES,
     MEM_PEAK_RESERVED_BYTES,
     MEM_PEAK_RSS_BYTES,

@@ -1,0 +1,431 @@
+"""The wire schema of studies (``/v1/studies``): a tuned ALTO-vs-baseline answer across
+batch sizes, in one request.
+
+A study is a set of ordinary jobs the service derives from one base spec: for each
+global batch size and each arm, `tuning.trials` trials (one seed each) at points of the
+arm's search space; then, per (batch size, arm), the trial with the lowest final
+validation loss is run again with every final seed. The summary compares each arm's
+final runs with the baseline arm's at the same batch size, AlgoPerf-style.
+
+The request is checked here as far as data alone allows (ranges, names, divisibility,
+fields the optimizer has); the service adds what needs its settings and the cluster
+(the plan, its caps, the launch checks of every derived spec).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from alto_client.models import JobStatus, _Request, _Response
+from alto_client.spec import AdamWSpec, AltoSpec, ESpec, JobSpec, OptimizerSpec
+
+__all__ = [
+    "BatchPlan",
+    "Budget",
+    "ScalingPoint",
+    "SearchRange",
+    "Study",
+    "StudyArm",
+    "StudyArmResult",
+    "StudyBatch",
+    "StudyInfo",
+    "StudyList",
+    "StudyPlan",
+    "StudyRequest",
+    "TrialResult",
+    "Tuning",
+    "searchable_fields",
+]
+
+MAX_TRIALS = 64
+MAX_SEEDS = 16
+MAX_BATCH_SIZES = 8
+MAX_ARMS = 8
+
+_OPTIMIZER_MODELS = {"alto": AltoSpec, "adamw": AdamWSpec, "e": ESpec}
+
+
+def searchable_fields(optimizer_name: str) -> list[str]:
+    """The numeric fields of an optimizer section a study may search over."""
+    model = _OPTIMIZER_MODELS[optimizer_name]
+    out = []
+    for name, info in model.model_fields.items():
+        ann = str(info.annotation)
+        if "float" in ann and "dict" not in ann and "list" not in ann:
+            out.append(name)
+    return out
+
+
+class SearchRange(_Request):
+    """One dimension of an arm's search space: a range (`low`..`high`, sampled on a
+    log or linear scale) for quasi-random search, or explicit `values` for a grid."""
+
+    low: float | None = None
+    high: float | None = None
+    scale: Literal["log", "linear"] = "log"
+    values: list[float] | None = Field(default=None, min_length=1, max_length=MAX_TRIALS)
+
+    @model_validator(mode="after")
+    def _range_or_values(self) -> SearchRange:
+        if self.values is not None:
+            if self.low is not None or self.high is not None:
+                raise ValueError("give either low/high (a range) or values (a grid), not both")
+            bad = [v for v in self.values if not math.isfinite(v)]
+            if bad:
+                raise ValueError(f"values must be finite numbers, got {bad[0]!r}")
+            if len(set(self.values)) != len(self.values):
+                raise ValueError(f"values must be distinct, got {self.values}")
+            if self.scale == "log" and min(self.values) <= 0:
+                raise ValueError(
+                    f"a log-scale dimension needs values > 0, got {min(self.values)!r} "
+                    "(use scale: linear for signed values)"
+                )
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("a search range needs both low and high (or values for a grid)")
+        for label, v in (("low", self.low), ("high", self.high)):
+            if not math.isfinite(v):
+                raise ValueError(f"{label} must be a finite number, got {v!r}")
+        if not self.low < self.high:
+            raise ValueError(
+                f"low must be < high, got low={self.low!r} high={self.high!r} "
+                "(an empty or inverted range)"
+            )
+        if self.scale == "log" and self.low <= 0:
+            raise ValueError(
+                f"a log-scale range needs low > 0, got low={self.low!r} "
+                "(use scale: linear for ranges through zero)"
+            )
+        return self
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """The smallest and largest value the dimension can take."""
+        if self.values is not None:
+            return min(self.values), max(self.values)
+        assert self.low is not None and self.high is not None
+        return self.low, self.high
+
+
+class StudyArm(_Request):
+    """One optimizer of the study and the space its hyperparameters are tuned over."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    optimizer: OptimizerSpec
+    search: dict[str, SearchRange] = Field(
+        min_length=1,
+        description="optimizer field -> range or grid; lr is required and must be > 0",
+    )
+
+    @model_validator(mode="after")
+    def _search_fits_optimizer(self) -> StudyArm:
+        allowed = searchable_fields(self.optimizer.name)
+        for field in self.search:
+            if field not in allowed:
+                raise ValueError(
+                    f"search.{field}: the {self.optimizer.name} optimizer has no numeric "
+                    f"field {field!r}; searchable: {', '.join(allowed)}"
+                )
+        if "lr" not in self.search:
+            raise ValueError("search must include lr (a learning-rate range, e.g. log 1e-4..1e-2)")
+        if self.search["lr"].bounds[0] <= 0:
+            raise ValueError(
+                f"search.lr: learning rates must be > 0, got {self.search['lr'].bounds[0]!r}"
+            )
+        # both ends of every range must be values the optimizer accepts
+        base = self.optimizer.model_dump(mode="python")
+        for field, rng in self.search.items():
+            for v in rng.bounds:
+                try:
+                    type(self.optimizer).model_validate({**base, field: v})
+                except ValidationError as exc:
+                    msg = exc.errors()[0]["msg"]
+                    raise ValueError(
+                        f"search.{field}: {v!r} is not a valid {self.optimizer.name} "
+                        f"{field}: {msg}"
+                    ) from None
+        return self
+
+    @property
+    def grid(self) -> bool:
+        """True when every dimension lists explicit values."""
+        return all(r.values is not None for r in self.search.values())
+
+
+class Budget(_Request):
+    """How long each job of a batch size trains: a fixed number of `steps` at every
+    batch size, or a fixed number of training `tokens` (larger batches take fewer
+    steps: steps = round(tokens / (batch size * seq_length)))."""
+
+    steps: int | None = Field(default=None, ge=1, le=10_000_000)
+    tokens: int | None = Field(default=None, ge=1, le=10**15)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Budget:
+        if (self.steps is None) == (self.tokens is None):
+            raise ValueError("give exactly one of steps or tokens")
+        return self
+
+    def steps_at(self, global_batch_size: int, seq_length: int) -> int:
+        if self.steps is not None:
+            return self.steps
+        assert self.tokens is not None
+        return max(1, round(self.tokens / (global_batch_size * seq_length)))
+
+
+class Tuning(_Request):
+    """The tuning budget: trials per (arm, batch size), how their points are drawn, and
+    the seed that makes the points reproducible."""
+
+    trials: int = Field(default=4, ge=1, le=MAX_TRIALS)
+    method: Literal["sobol", "halton", "grid"] = Field(
+        default="sobol",
+        description="quasi-random points (scipy.stats.qmc, scrambled with `seed`) or the "
+        "product of every dimension's values",
+    )
+    seed: int = Field(default=0, ge=0, lt=2**31)
+
+
+class StudyRequest(_Request):
+    """Tune every arm at every batch size, then run each winner with every seed."""
+
+    spec: JobSpec
+    arms: list[StudyArm] = Field(min_length=2, max_length=MAX_ARMS)
+    batch_sizes: list[int] = Field(min_length=1, max_length=MAX_BATCH_SIZES)
+    budget: Budget
+    tuning: Tuning = Field(default_factory=Tuning)
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, max_length=MAX_SEEDS)
+    baseline: str
+    eval_sequences: int | None = Field(
+        default=None,
+        ge=1,
+        le=1_000_000,
+        description="validation sequences per evaluation at every batch size; default: "
+        "the base spec's eval_batches * global_batch_size",
+    )
+    evals_per_run: int = Field(
+        default=8, ge=1, le=1000, description="evaluations per job (time to target)"
+    )
+    max_jobs: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    name: str | None = Field(default=None, max_length=200)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batch_sizes(cls, sizes: list[int]) -> list[int]:
+        if len(set(sizes)) != len(sizes):
+            raise ValueError(f"batch sizes must be distinct, got {sizes}")
+        bad = [b for b in sizes if b < 1]
+        if bad:
+            raise ValueError(f"every batch size must be >= 1, got {bad[0]}")
+        return sorted(sizes)
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds must be distinct, got {seeds}")
+        for s in seeds:
+            if not 0 <= s < 2**31:
+                raise ValueError(f"every seed must be in [0, 2**31), got {s}")
+        return seeds
+
+    @model_validator(mode="after")
+    def _arms_baseline_batches(self) -> StudyRequest:
+        names = [a.name for a in self.arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"arm names must be distinct, got {names}")
+        if self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the arms {names}")
+        for arm in self.arms:
+            if self.tuning.method == "grid" and not arm.grid:
+                missing = [f for f, r in arm.search.items() if r.values is None]
+                raise ValueError(
+                    f"arm {arm.name}: tuning.method grid needs values for every searched "
+                    f"field; {', '.join(missing)} gives a range"
+                )
+            if self.tuning.method != "grid" and any(
+                r.values is not None for r in arm.search.values()
+            ):
+                raise ValueError(
+                    f"arm {arm.name}: explicit values need tuning.method grid "
+                    f"(method is {self.tuning.method})"
+                )
+            if self.tuning.method == "grid" and self.grid_size(arm) > MAX_TRIALS:
+                raise ValueError(
+                    f"arm {arm.name}: its grid has {self.grid_size(arm)} points, "
+                    f"at most {MAX_TRIALS} trials per arm and batch size are allowed"
+                )
+        s = self.spec
+        dp = s.data_parallel_size
+        micro = s.training.micro_batch_size
+        for b in self.batch_sizes:
+            if b % (micro * dp):
+                raise ValueError(
+                    f"batch size {b} is not a multiple of micro_batch_size * data_parallel "
+                    f"= {micro} * {dp} = {micro * dp} (set spec.training.micro_batch_size "
+                    "or the batch sizes so that it divides every one)"
+                )
+        return self
+
+    @staticmethod
+    def grid_size(arm: StudyArm) -> int:
+        n = 1
+        for r in arm.search.values():
+            n *= len(r.values or [])
+        return n
+
+    def trials_per_arm(self, arm: StudyArm) -> int:
+        return self.grid_size(arm) if self.tuning.method == "grid" else self.tuning.trials
+
+
+# ----------------------------------------------------------------------- answers
+
+
+class BatchPlan(_Response):
+    """What one batch size costs: the derived schedule and the jobs it runs."""
+
+    batch_size: int
+    steps: int
+    tokens_per_job: int
+    warmup_steps: int
+    eval_interval: int
+    eval_batches: int
+    tuning_jobs: int
+    final_jobs: int
+
+
+class StudyPlan(_Response):
+    """What a study will run, before anything runs: jobs, steps and tokens in all, the
+    points each arm tries, and an estimate of its cost on this cluster."""
+
+    jobs: int
+    tuning_jobs: int
+    final_jobs: int
+    steps: int
+    tokens: int
+    batches: list[BatchPlan]
+    trials: dict[str, list[dict[str, float]]]
+    resource: Literal["cpu", "gpu"]
+    resource_hours: float
+    cluster_hours: float | None = None
+    estimate_basis: str
+
+
+class TrialResult(_Response):
+    """One tuning trial: where it sat in the search space and how it ended."""
+
+    trial: int
+    params: dict[str, float]
+    job_id: str
+    status: JobStatus
+    final_val_loss: float | None = None
+    diverged: bool = False
+
+
+class StudyArmResult(_Response):
+    """One arm at one batch size: its tuning and its final runs against the baseline."""
+
+    name: str
+    trials: list[TrialResult]
+    tuning_curve: list[float | None] = Field(
+        default_factory=list,
+        description="best final validation loss so far after 1, 2, ... trials",
+    )
+    chosen: dict[str, float] | None = None
+    chosen_trial: int | None = None
+    on_edge: list[str] = Field(
+        default_factory=list,
+        description="searched fields whose chosen value is the range's lowest or highest "
+        "point tried: the range may have been too narrow",
+    )
+    final_status: JobStatus | None = None
+    final_job_ids: list[str] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list)
+    final_val_loss_mean: float | None = None
+    final_val_loss_std: float | None = None
+    final_val_loss_ci: tuple[float, float] | None = None
+    delta_vs_baseline: float | None = None
+    delta_ci: tuple[float, float] | None = None
+    verdict: str | None = None
+    reached_target: int | None = Field(default=None, description="seeds that reached it")
+    steps_to_target: float | None = None
+    tokens_to_target: float | None = None
+    wall_time_to_target_s: float | None = None
+    speedup: float | None = None
+    speedup_ci: tuple[float, float] | None = None
+    tokens_per_s_ratio: float | None = None
+    peak_memory_ratio: float | None = None
+    optimizer_state_ratio: float | None = None
+
+
+class StudyBatch(_Response):
+    """Every arm at one global batch size; `target` is the tuned baseline's mean final
+    validation loss there."""
+
+    batch_size: int
+    steps: int
+    target: float | None = None
+    eval_noise: float | None = Field(
+        default=None,
+        description="standard error of one evaluation (median over final runs), from "
+        "the spread of its disjoint validation batches",
+    )
+    arms: list[StudyArmResult]
+
+
+class ScalingPoint(_Response):
+    """Steps one arm needs to reach the study's common target at one batch size."""
+
+    arm: str
+    batch_size: int
+    steps_to_target: float | None = None
+    reached: bool = False
+
+
+class Study(_Response):
+    """A study with everything known so far (its summary grows as phases end)."""
+
+    id: str
+    name: str
+    owner: str
+    phase: Literal["tuning", "final", "done", "cancelled"]
+    status: JobStatus
+    phase_reason: str | None = None
+    baseline: str
+    arms: list[str]
+    batch_sizes: list[int]
+    seeds: list[int]
+    created_at: datetime
+    plan: StudyPlan
+    jobs: dict[str, int] = Field(default_factory=dict, description="job count by status")
+    batches: list[StudyBatch] = Field(default_factory=list)
+    common_target: float | None = None
+    scaling: list[ScalingPoint] = Field(default_factory=list)
+    findings: list[str] = Field(default_factory=list)
+
+
+class StudyInfo(_Response):
+    """A study as listed (the results are in `GET /v1/studies/{id}`)."""
+
+    id: str
+    name: str
+    owner: str
+    phase: str
+    status: JobStatus
+    baseline: str
+    arms: list[str]
+    batch_sizes: list[int]
+    jobs: int
+    created_at: datetime
+
+
+class StudyList(_Response):
+    """One page of studies, newest first; pass `next_cursor` as `cursor` for the next."""
+
+    items: list[StudyInfo]
+    next_cursor: str | None = None
