@@ -22,7 +22,7 @@ from service.guard import AuthBeforeBody
 from service.headers import SecurityHeaders
 from service.limits import BodySizeLimit
 from service.prom import ServiceMetrics
-from service.routers import comparisons, events, health, jobs
+from service.routers import comparisons, events, health, jobs, studies
 from service.scheduler import Scheduler
 from service.settings import Settings
 from service.state import CapacityCache, ServiceState, TokenCache
@@ -111,6 +111,7 @@ def create_app(
     app.include_router(jobs.router)
     app.include_router(events.router)
     app.include_router(comparisons.router)
+    app.include_router(studies.router)
     if importlib.util.find_spec("service.dashboard") is not None:
         dashboard = importlib.import_module("service.dashboard")
         router = getattr(dashboard, "router", None)

@@ -18,7 +18,15 @@ from sqlalchemy import Row, Select, bindparam, func, literal, select, text, upda
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from service.db.tables import ComparisonRow, JobRow, JobTag, MetricRow, UTCDateTime, utcnow
+from service.db.tables import (
+    ComparisonRow,
+    JobRow,
+    JobTag,
+    MetricRow,
+    StudyRow,
+    UTCDateTime,
+    utcnow,
+)
 
 TERMINAL = frozenset(s.value for s in TERMINAL_STATUSES)  # as stored in the jobs table
 WAITING = (JobStatus.PENDING.value, JobStatus.QUEUED.value)
@@ -132,9 +140,11 @@ DELETE_BATCH = 20_000
 _METRICS = MetricRow.__table__
 
 
-def delete_jobs(s: Session, seqs: list[int], comparison_seq: int | None = None) -> int:
-    """Delete ended jobs `seqs` (and comparison `comparison_seq`) with their metric
-    points and tags; returns the number of points deleted.
+def delete_jobs(
+    s: Session, seqs: list[int], comparison_seq: int | None = None, study_seq: int | None = None
+) -> int:
+    """Delete ended jobs `seqs` (and comparison `comparison_seq`, or study `study_seq`)
+    with their metric points and tags; returns the number of points deleted.
 
     Points go first, `DELETE_BATCH` at a time, each batch its own transaction, so a
     long history does not hold SQLite's write lock (and every uploader) for seconds.
@@ -160,8 +170,11 @@ def delete_jobs(s: Session, seqs: list[int], comparison_seq: int | None = None) 
             points += n
             if n < DELETE_BATCH:
                 break
-    # tags go with their jobs, and jobs with their comparison (ON DELETE CASCADE)
-    if comparison_seq is not None:
+    # tags go with their jobs, and jobs with their comparison or study (ON DELETE CASCADE)
+    if study_seq is not None:
+        s.execute(_JOBS.delete().where(_JOBS.c.study_seq == study_seq))
+        s.execute(StudyRow.__table__.delete().where(StudyRow.__table__.c.seq == study_seq))
+    elif comparison_seq is not None:
         s.execute(
             ComparisonRow.__table__.delete().where(ComparisonRow.__table__.c.seq == comparison_seq)
         )
@@ -523,3 +536,84 @@ def _middle_points(s: Session, seq: int, name: str) -> list[Any]:
         return []
     q = select(*_POINT).where(*where).order_by(MetricRow.value, MetricRow.step)
     return list(s.execute(q.offset((n - 1) // 2).limit(2 - n % 2)))
+
+
+# --------------------------------------------------------------------------- studies
+
+
+def study_by_id(s: Session, study_id: str) -> StudyRow | None:
+    return s.scalar(select(StudyRow).where(StudyRow.id == study_id))
+
+
+def study_by_key(s: Session, owner: str, key: str) -> StudyRow | None:
+    """The study an earlier request of `owner` with this Idempotency-Key created."""
+    return s.scalar(
+        select(StudyRow).where(StudyRow.owner == owner, StudyRow.idempotency_key == key)
+    )
+
+
+def studies_page(
+    s: Session, *, owner: str | None, limit: int, cursor: int | None
+) -> tuple[list[StudyRow], dict[int, list[str]], bool]:
+    """Studies newest first, one page; each one's job statuses; whether more follow."""
+    q = select(StudyRow).order_by(StudyRow.seq.desc()).limit(limit + 1)
+    if owner is not None:
+        q = q.where(StudyRow.owner == owner)
+    if cursor is not None:
+        q = q.where(StudyRow.seq < cursor)
+    rows = list(s.scalars(q).all())
+    more = len(rows) > limit
+    rows = rows[:limit]
+    statuses: dict[int, list[str]] = {row.seq: [] for row in rows}
+    if rows:
+        for seq, status in s.execute(
+            select(JobRow.study_seq, JobRow.status).where(JobRow.study_seq.in_(list(statuses)))
+        ):
+            statuses[seq].append(status)
+    return rows, statuses, more
+
+
+def study_jobs(s: Session, study_seq: int) -> list[Row[Any]]:
+    """(seq, id, status, study_role) of every job of a study, in creation order."""
+    return list(
+        s.execute(
+            select(JobRow.seq, JobRow.id, JobRow.status, JobRow.study_role)
+            .where(JobRow.study_seq == study_seq)
+            .order_by(JobRow.seq)
+        ).all()
+    )
+
+
+def active_studies(s: Session) -> list[tuple[int, str, int]]:
+    """(seq, phase, unfinished jobs) of every study still in a running phase."""
+    unfinished = (
+        select(func.count())
+        .where(JobRow.study_seq == StudyRow.seq, JobRow.status.not_in(TERMINAL))
+        .scalar_subquery()
+    )
+    q = (
+        select(StudyRow.seq, StudyRow.phase, unfinished)
+        .where(StudyRow.phase.in_(("tuning", "final")))
+        .order_by(StudyRow.seq)
+    )
+    return [(seq, phase, int(n)) for seq, phase, n in s.execute(q)]
+
+
+def set_study_phase(
+    s: Session,
+    seq: int,
+    *,
+    expect: str | tuple[str, ...],
+    phase: str,
+    reason: str | None,
+    chosen: dict[str, Any] | None = None,
+) -> bool:
+    """Move study `seq` to `phase` if it is still in `expect` (compare-and-set, like
+    job transitions); the caller commits."""
+    expected = (expect,) if isinstance(expect, str) else expect
+    values: dict[str, Any] = {"phase": phase, "phase_reason": reason, "updated_at": utcnow()}
+    if chosen is not None:
+        values["chosen"] = chosen
+    table = StudyRow.__table__
+    stmt = update(table).where(table.c.seq == seq, table.c.phase.in_(expected)).values(values)
+    return s.execute(stmt).rowcount == 1

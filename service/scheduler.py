@@ -5,6 +5,7 @@ One background thread runs `run_once()` every `scheduler_interval_s`:
   Ray's view and moved on (QUEUED -> RUNNING -> SUCCEEDED/FAILED/CANCELLED); a job
   Ray does not know yet is submitted again (submission ids are deterministic, so a
   crash between "decided" and "submitted" cannot start a job twice).
+- studies: a study whose phase has ended moves on (`service.study_driver`).
 - admit: waiting jobs are launched in submission order while the cluster's capacity,
   minus what this service's running jobs hold, has room for them.
 
@@ -37,6 +38,7 @@ from service.db.tables import JobRow
 from service.reconcile import WAITING_FOR_RAY, Action, Decision, JobView, decide
 from service.repo import TERMINAL, WAITING, claim_launch, transition
 from service.specs import SPEC_ENV, fits, launch_env, never_fits_reason
+from service.study_driver import advance_studies
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +125,7 @@ class Scheduler:
             start = time.perf_counter()
             try:
                 self._reconcile()
+                advance_studies(self._factory)  # a phase that ended adds its next jobs
                 self._admit()
                 self.last_error = None
                 self.stats.last_pass_ok = time.monotonic()

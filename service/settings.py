@@ -106,6 +106,30 @@ class Settings(BaseSettings):
         description="Serve /docs (Swagger UI, from files that ship with the service, no "
         "CDN) and /openapi.json.",
     )
+    max_study_jobs: int = Field(
+        default=2000,
+        ge=1,
+        description="Most jobs one study may plan (tuning trials and final runs together); "
+        "a study's own max_jobs can only lower it.",
+    )
+    plan_flops_per_cpu: float = Field(
+        default=1.5e10,
+        gt=0,
+        description="Sustained training FLOP/s of one CPU core, for study cost estimates "
+        "(measured: the tiny MoE demo on a 2-core machine).",
+    )
+    plan_flops_per_gpu: float = Field(
+        default=3.0e14,
+        gt=0,
+        description="Sustained training FLOP/s of one GPU, for study cost estimates (about "
+        "a third of an H100/H200's dense bf16 peak).",
+    )
+    plan_job_overhead_s: float = Field(
+        default=40.0,
+        ge=0,
+        description="Start-up seconds of one job (Ray job, workers, imports, data), for "
+        "study cost estimates.",
+    )
     max_points_default: int = Field(default=2000, ge=2)
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_max_duration_s: float = Field(default=3600.0, gt=0)

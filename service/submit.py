@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 from alto_client.models import JobStatus
 from alto_client.spec import JobSpec
 
-from service.db.tables import ComparisonRow, JobRow, JobTag, utcnow
+from service.db.tables import ComparisonRow, JobRow, JobTag, StudyRow, utcnow
 from service.errors import ApiError
 from service.specs import never_fits_reason, resource_request
-from service.state import ServiceState
 from service.validation import data_path_problems, spec_problems
+
+if TYPE_CHECKING:  # the state imports the scheduler, which creates jobs through this module
+    from service.state import ServiceState
 
 MAX_IDEMPOTENCY_KEY = 200
 
@@ -66,6 +69,7 @@ def new_job_row(
     idempotency_key: str | None = None,
     comparison: ComparisonRow | None = None,
     arm: str | None = None,
+    study: StudyRow | None = None,
 ) -> JobRow:
     """A PENDING job row for `spec` (not yet added to a session)."""
     now = utcnow()
@@ -84,9 +88,11 @@ def new_job_row(
         cancel_requested=False,
         idempotency_key=idempotency_key,
         arm=arm,
-        seed=spec.training.seed if comparison is not None else None,
+        seed=spec.training.seed if comparison is not None or study is not None else None,
     )
     row.tags = [JobTag(tag=t) for t in dict.fromkeys(spec.tags)]
     if comparison is not None:
         row.comparison = comparison
+    if study is not None:
+        row.study = study
     return row

@@ -94,6 +94,36 @@ class ComparisonRow(Base):
     __table_args__ = (UniqueConstraint("owner", "idempotency_key", name="uq_comparison_idem"),)
 
 
+class StudyRow(Base):
+    """A study: its request and plan as accepted, the phase it is in, and what the
+    tuning phase chose (the summary is computed from its jobs' metrics)."""
+
+    __tablename__ = "studies"
+
+    seq: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(40), unique=True, nullable=False)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    owner: Mapped[str] = mapped_column(String(200), nullable=False, index=True)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    plan: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    # tuning -> final -> done; cancelled from either of the first two
+    phase: Mapped[str] = mapped_column(String(16), nullable=False)
+    phase_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # "batch/arm" -> {"trial": i, "params": {...}}, written with the final jobs
+    chosen: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_digest: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), nullable=False, default=utcnow)
+
+    jobs: Mapped[list[JobRow]] = relationship(back_populates="study", order_by="JobRow.seq")
+
+    __table_args__ = (
+        UniqueConstraint("owner", "idempotency_key", name="uq_study_idem"),
+        Index("ix_studies_phase", "phase"),
+    )
+
+
 class JobRow(Base):
     """A job: its spec, status, Ray submission id and ingestion-token hash."""
 
@@ -120,8 +150,17 @@ class JobRow(Base):
     )
     arm: Mapped[str | None] = mapped_column(String(64), nullable=True)
     seed: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # a study's job: its phase ("trial" or "final"), batch size, trial and trial point
+    study_seq: Mapped[int | None] = mapped_column(
+        ForeignKey("studies.seq", ondelete="CASCADE"), nullable=True
+    )
+    study_role: Mapped[str | None] = mapped_column(String(8), nullable=True)
+    batch_size: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    params: Mapped[dict[str, float] | None] = mapped_column(JSON, nullable=True)
 
     comparison: Mapped[ComparisonRow | None] = relationship(back_populates="jobs")
+    study: Mapped[StudyRow | None] = relationship(back_populates="jobs")
     tags: Mapped[list[JobTag]] = relationship(back_populates="job", cascade="all, delete-orphan")
 
     __table_args__ = (
@@ -129,6 +168,7 @@ class JobRow(Base):
         Index("ix_jobs_status", "status"),
         Index("ix_jobs_owner_seq", "owner", "seq"),
         Index("ix_jobs_comparison", "comparison_seq"),
+        Index("ix_jobs_study", "study_seq"),
     )
 
 

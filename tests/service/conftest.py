@@ -25,7 +25,7 @@ from service.settings import Settings
 POSTGRES_URL = os.environ.get("ALTO_TEST_POSTGRES_URL")
 ADMIN_TOKEN = "alto_test_admin_token_0123456789"
 
-TABLES = ("metric_points", "job_tags", "jobs", "comparisons", "api_tokens")
+TABLES = ("metric_points", "job_tags", "jobs", "comparisons", "studies", "api_tokens")
 
 BACKENDS = ["sqlite"]
 if POSTGRES_URL:

@@ -392,6 +392,155 @@ def report(
             err_console.print(f"wrote {written}")
 
 
+# --------------------------------------------------------------------------- studies
+
+study_app = typer.Typer(
+    help="Tuned ALTO-vs-baseline studies across batch sizes: plan, submit, watch, report.",
+    no_args_is_help=True,
+)
+app.add_typer(study_app, name="study")
+
+StudyFileArg = Annotated[
+    Path, typer.Argument(help="Study file, YAML or JSON (see configs/study-*.yaml).")
+]
+OutOpt = Annotated[Path | None, typer.Option(help="Also save the study's plot (PNG) here.")]
+
+
+def _show_study(client: Client, study: Any, as_json: bool, out: Path | None) -> None:
+    from alto_client.render_study import study_tables
+
+    if as_json:
+        print_json(study)
+    else:
+        console.print(study_tables(study))
+    if out is not None:
+        err_console.print(f"wrote {client.study_plot(study.id, out)}")
+
+
+def _watch_study(client: Client, study_id: str, interval: float) -> Any:
+    """Print the study's phase and job counts whenever they change, until it ends."""
+    import time
+
+    last = None
+    while True:
+        study = client.study(study_id)
+        line = f"{study.phase}: " + ", ".join(
+            f"{k.lower()} {v}" for k, v in sorted(study.jobs.items())
+        )
+        if line != last:
+            err_console.print(f"[dim]{time.strftime('%H:%M:%S')}[/] study {study_id} {line}")
+            last = line
+        if study.status in TERMINAL_STATUSES:
+            return study
+        time.sleep(interval)
+
+
+@study_app.command("plan")
+def study_plan(ctx: typer.Context, study_file: StudyFileArg, as_json: JsonOpt = False) -> None:
+    """Print what the study would run and cost (a dry run: nothing starts)."""
+    from alto_client.render_study import plan_table
+
+    with cli_errors(), ctx.obj.client() as client:
+        plan = client.plan_study(study_file)
+        if as_json:
+            print_json(plan)
+        else:
+            console.print(plan_table(plan))
+
+
+@study_app.command("submit")
+def study_submit(
+    ctx: typer.Context,
+    study_file: StudyFileArg,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only print the plan; start nothing.")
+    ] = False,
+    watch: Annotated[bool, typer.Option("--watch", help="Follow it until it ends.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.5)] = 10.0,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a study: tuning trials per arm and batch size, then the winners with every
+    seed. The plan is printed first."""
+    from alto_client.render_study import plan_table
+
+    if dry_run:
+        study_plan(ctx, study_file, as_json)
+        return
+    with cli_errors(), ctx.obj.client() as client:
+        study = client.submit_study(study_file)
+        if not as_json:
+            console.print(plan_table(study.plan))
+            err_console.print(f"study [bold]{study.id}[/]: {study.plan.jobs} jobs planned")
+            console.print(study.id)
+        if not watch:
+            if as_json:
+                print_json(study)
+            return
+        study = _watch_study(client, study.id, interval)
+        _show_study(client, study, as_json, out)
+        if study.status is not JobStatus.SUCCEEDED:
+            raise fail(f"study {study.id} ended {study.status.value}: {study.phase_reason or ''}")
+
+
+@study_app.command("show")
+def study_show(
+    ctx: typer.Context,
+    study_id: Annotated[str, typer.Argument(help="Study id.")],
+    watch: Annotated[bool, typer.Option("--watch", help="Wait until it ends first.")] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between polls.", min=0.5)] = 10.0,
+    out: OutOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The study's summary: per batch size, every arm against the tuned baseline."""
+    with cli_errors(), ctx.obj.client() as client:
+        study = _watch_study(client, study_id, interval) if watch else client.study(study_id)
+        _show_study(client, study, as_json, out)
+        if study.status not in TERMINAL_STATUSES and not as_json:
+            err_console.print(f"(study still in its {study.phase} phase: numbers are partial)")
+
+
+@study_app.command("list")
+def study_list(
+    ctx: typer.Context,
+    owner: Annotated[str | None, typer.Option(help="Only this owner's studies (admin).")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many studies.", min=1)] = 50,
+    as_json: JsonOpt = False,
+) -> None:
+    """List studies, newest first."""
+    from alto_client.render_study import studies_table
+
+    with cli_errors(), ctx.obj.client() as client:
+        items = list(client.studies(owner=owner, limit=limit))
+        if as_json:
+            print_json(items)
+        elif not items:
+            err_console.print("no studies")
+        else:
+            console.print(studies_table(items, ctx.obj.table_width))
+
+
+@study_app.command("cancel")
+def study_cancel(
+    ctx: typer.Context, study_id: Annotated[str, typer.Argument(help="Study id.")]
+) -> None:
+    """Cancel a study and every unfinished job of it."""
+    with cli_errors(), ctx.obj.client() as client:
+        study = client.cancel_study(study_id)
+        err_console.print(f"study {study.id}: {study.phase} ({study.phase_reason})")
+
+
+@study_app.command("delete")
+def study_delete(
+    ctx: typer.Context, study_ids: Annotated[list[str], typer.Argument(help="Study ids.")]
+) -> None:
+    """Delete ended studies with their jobs and metrics."""
+    with cli_errors(), ctx.obj.client() as client:
+        for study_id in study_ids:
+            client.delete_study(study_id)
+            err_console.print(f"deleted study {study_id}")
+
+
 # --------------------------------------------------------------------------- plug-ins
 
 

@@ -29,6 +29,7 @@ from alto_client.core import (
     Call,
     JobEvent,
     SpecLike,
+    StudyLike,
     build_arms,
     load_spec,
     parse_arm,
@@ -46,6 +47,7 @@ from alto_client.models import (
     MetricHistory,
 )
 from alto_client.retry import RetryPolicy
+from alto_client.study import Study, StudyInfo, StudyList, StudyPlan
 
 __all__ = [
     "DEFAULT_URL",
@@ -313,6 +315,54 @@ class Client(_Config):
         """Save the comparison's loss/memory plot (PNG) to ``path``."""
         return _write_bytes(Path(path), self.plot_png(comparison_id))
 
+    # -- studies --------------------------------------------------------------------
+
+    def plan_study(self, study: StudyLike) -> StudyPlan:
+        """What a study would run and cost on this service (nothing is stored)."""
+        return self._send(core.plan_study(study))
+
+    def study(self, study_id: str) -> Study:
+        return self._send(core.get_study(study_id))
+
+    def submit_study(self, study: StudyLike, *, idempotency_key: str | None = None) -> Study:
+        """Start a study (a YAML/JSON file, a mapping or a `StudyRequest`); the answer
+        carries its plan."""
+        return self._send(core.submit_study(study, idempotency_key))
+
+    def studies_page(
+        self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> StudyList:
+        return self._send(core.list_studies(owner, limit, cursor))
+
+    def studies(
+        self, *, owner: str | None = None, page_size: int = 50, limit: int | None = None
+    ) -> Iterator[StudyInfo]:
+        """Every study the caller may see, newest first, page by page."""
+        return self._items(
+            core.Pages(lambda cursor: core.list_studies(owner, page_size, cursor), limit)
+        )
+
+    def cancel_study(self, study_id: str) -> Study:
+        """Cancel a study and every unfinished job of it."""
+        return self._send(core.cancel_study(study_id))
+
+    def delete_study(self, study_id: str, *, missing_ok: bool = False) -> None:
+        """Delete an ended study with its jobs and their metrics."""
+        self._send(core.delete(f"/v1/studies/{study_id}", missing_ok))
+
+    def wait_study(
+        self, study_id: str, *, timeout: float | None = None, poll_interval: float = 5.0
+    ) -> Study:
+        """Block until the study is done or cancelled."""
+        return self._wait(core.get_study(study_id), study_id, timeout, poll_interval)
+
+    def study_plot_png(self, study_id: str) -> bytes:
+        return self._send(core.study_plot(study_id))
+
+    def study_plot(self, study_id: str, path: str | Path) -> Path:
+        """Save the study's plot (PNG) to ``path``."""
+        return _write_bytes(Path(path), self.study_plot_png(study_id))
+
     # -- service --------------------------------------------------------------------
 
     def health(self) -> bool:
@@ -517,6 +567,46 @@ class AsyncClient(_Config):
 
     async def plot(self, comparison_id: str, path: str | Path) -> Path:
         return _write_bytes(Path(path), await self.plot_png(comparison_id))
+
+    # -- studies --------------------------------------------------------------------
+
+    async def plan_study(self, study: StudyLike) -> StudyPlan:
+        return await self._send(core.plan_study(study))
+
+    async def study(self, study_id: str) -> Study:
+        return await self._send(core.get_study(study_id))
+
+    async def submit_study(self, study: StudyLike, *, idempotency_key: str | None = None) -> Study:
+        return await self._send(core.submit_study(study, idempotency_key))
+
+    async def studies_page(
+        self, *, owner: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> StudyList:
+        return await self._send(core.list_studies(owner, limit, cursor))
+
+    def studies(
+        self, *, owner: str | None = None, page_size: int = 50, limit: int | None = None
+    ) -> AsyncIterator[StudyInfo]:
+        return self._items(
+            core.Pages(lambda cursor: core.list_studies(owner, page_size, cursor), limit)
+        )
+
+    async def cancel_study(self, study_id: str) -> Study:
+        return await self._send(core.cancel_study(study_id))
+
+    async def delete_study(self, study_id: str, *, missing_ok: bool = False) -> None:
+        await self._send(core.delete(f"/v1/studies/{study_id}", missing_ok))
+
+    async def wait_study(
+        self, study_id: str, *, timeout: float | None = None, poll_interval: float = 5.0
+    ) -> Study:
+        return await self._wait(core.get_study(study_id), study_id, timeout, poll_interval)
+
+    async def study_plot_png(self, study_id: str) -> bytes:
+        return await self._send(core.study_plot(study_id))
+
+    async def study_plot(self, study_id: str, path: str | Path) -> Path:
+        return _write_bytes(Path(path), await self.study_plot_png(study_id))
 
     async def health(self) -> bool:
         try:

@@ -45,6 +45,7 @@ from alto_client.models import (
     MetricHistory,
 )
 from alto_client.spec import JobSpec
+from alto_client.study import Study, StudyList, StudyPlan, StudyRequest, load_study
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 USER_AGENT = "alto-client/0.1"
@@ -58,6 +59,7 @@ T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
 SpecLike = JobSpec | Mapping[str, Any] | str | Path
 ArmLike = Arm | Mapping[str, Any] | str
+StudyLike = StudyRequest | dict[str, Any] | str | Path
 
 
 # --------------------------------------------------------------------------- configuration
@@ -369,6 +371,36 @@ def list_comparisons(owner: str | None, limit: int, cursor: str | None) -> Call[
 
 def comparison_plot(comparison_id: str) -> Call[bytes]:
     return Call("GET", f"/v1/comparisons/{comparison_id}/plot.png", _bytes)
+
+
+def _study_body(study: StudyLike) -> dict[str, Any]:
+    return load_study(study).model_dump(mode="json", exclude_none=True)
+
+
+def plan_study(study: StudyLike) -> Call[StudyPlan]:
+    """The plan of a study (a dry run: nothing is stored)."""
+    return Call("POST", "/v1/studies/plan", _model(StudyPlan), {"json": _study_body(study)})
+
+
+def submit_study(study: StudyLike, idempotency_key: str | None = None) -> Call[Study]:
+    return _submission("/v1/studies", _study_body(study), idempotency_key, _model(Study))
+
+
+def get_study(study_id: str) -> Call[Study]:
+    return Call("GET", f"/v1/studies/{study_id}", _model(Study))
+
+
+def list_studies(owner: str | None, limit: int, cursor: str | None) -> Call[StudyList]:
+    params = _page_params(owner, limit, cursor)
+    return Call("GET", "/v1/studies", _model(StudyList), {"params": params})
+
+
+def cancel_study(study_id: str) -> Call[Study]:
+    return Call("POST", f"/v1/studies/{study_id}/cancel", _model(Study), idempotent=False)
+
+
+def study_plot(study_id: str) -> Call[bytes]:
+    return Call("GET", f"/v1/studies/{study_id}/plot.png", _bytes)
 
 
 def health() -> Call[bool]:

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import math
 from datetime import datetime
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from alto_client.models import JobStatus, _Request, _Response
 from alto_client.spec import AdamWSpec, AltoSpec, ESpec, JobSpec, OptimizerSpec
+from alto_client.spec.problems import SpecError, SpecProblem, problems_from_validation_error
 
 __all__ = [
     "BatchPlan",
@@ -38,6 +40,7 @@ __all__ = [
     "StudyRequest",
     "TrialResult",
     "Tuning",
+    "load_study",
     "searchable_fields",
 ]
 
@@ -145,8 +148,7 @@ class StudyArm(_Request):
                 except ValidationError as exc:
                     msg = exc.errors()[0]["msg"]
                     raise ValueError(
-                        f"search.{field}: {v!r} is not a valid {self.optimizer.name} "
-                        f"{field}: {msg}"
+                        f"search.{field}: {v!r} is not a valid {self.optimizer.name} {field}: {msg}"
                     ) from None
         return self
 
@@ -281,6 +283,65 @@ class StudyRequest(_Request):
 
     def trials_per_arm(self, arm: StudyArm) -> int:
         return self.grid_size(arm) if self.tuning.method == "grid" else self.tuning.trials
+
+
+def load_study(source: str | Path | dict[str, Any] | StudyRequest) -> StudyRequest:
+    """A study request from a YAML/JSON file, a mapping or a request.
+
+    In a file, ``spec`` may name a job spec file (relative to the study file) instead
+    of holding the spec; ``spec_overrides`` (dotted paths, the ``--set`` rule) then
+    adjust it. Every problem is raised at once as a `SpecError` naming its field."""
+    if isinstance(source, StudyRequest):
+        return source
+    where = "study"
+    base = Path.cwd()
+    if isinstance(source, dict):
+        data: Any = dict(source)
+    else:
+        path = Path(source)
+        where, base = str(path), path.parent
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise SpecError(
+                [SpecProblem("", f"cannot read study file {str(path)!r}: {exc.strerror}")], where
+            ) from None
+        try:
+            import yaml
+
+            from alto_client.spec.job import _SpecLoader
+
+            data = yaml.load(text, Loader=_SpecLoader)
+        except ImportError:  # pragma: no cover - depends on the installed extras
+            raise SpecError(
+                [
+                    SpecProblem(
+                        "", "reading a study file needs PyYAML: pip install 'alto-client[cli]'"
+                    )
+                ],
+                where,
+            ) from None
+        except yaml.YAMLError as exc:
+            raise SpecError([SpecProblem("", f"not valid YAML: {exc}")], where) from None
+    if not isinstance(data, dict):
+        raise SpecError([SpecProblem("", "a study must be a mapping")], where)
+    spec = data.get("spec")
+    if isinstance(spec, str):
+        data["spec"] = JobSpec.load(base / spec)
+    overrides = data.pop("spec_overrides", None)
+    if overrides is not None:
+        if not isinstance(overrides, dict):
+            raise SpecError([SpecProblem("spec_overrides", "must be a mapping")], where)
+        spec_obj = (
+            data["spec"] if isinstance(data["spec"], JobSpec) else JobSpec.from_dict(data["spec"])
+        )
+        data["spec"] = spec_obj.with_overrides(overrides)
+    if isinstance(data.get("spec"), JobSpec):
+        data["spec"] = data["spec"].model_dump(mode="python")
+    try:
+        return StudyRequest.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(problems_from_validation_error(exc), where) from None
 
 
 # ----------------------------------------------------------------------- answers
