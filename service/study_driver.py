@@ -25,7 +25,7 @@ from alto_client.metrics import (
 )
 from alto_client.models import JobStatus
 from alto_client.study import StudyRequest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from service.compare import RunData, Series
@@ -131,6 +131,15 @@ def advance_study(s: Session, seq: int) -> None:
     """Move one study on if its current phase has ended."""
     row = s.get(StudyRow, seq)
     if row is None:
+        return
+    # the caller's list of ready studies may be stale: another pass (or service) may
+    # have moved this one from tuning to final since, adding final runs not yet run
+    unfinished = s.scalar(
+        select(func.count())
+        .select_from(JobRow)
+        .where(JobRow.study_seq == seq, JobRow.status.not_in(TERMINAL))
+    )
+    if unfinished:
         return
     if row.phase == TUNING:
         _start_final_phase(s, row)
