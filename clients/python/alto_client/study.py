@@ -23,7 +23,12 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from alto_client.models import JobStatus, _Request, _Response
 from alto_client.spec import AdamWSpec, AltoSpec, ESpec, JobSpec, OptimizerSpec
-from alto_client.spec.problems import SpecError, SpecProblem, problems_from_validation_error
+from alto_client.spec.problems import (
+    SpecError,
+    SpecProblem,
+    problem,
+    problems_from_validation_error,
+)
 
 __all__ = [
     "BatchPlan",
@@ -126,30 +131,55 @@ class StudyArm(_Request):
 
     @model_validator(mode="after")
     def _search_fits_optimizer(self) -> StudyArm:
-        allowed = searchable_fields(self.optimizer.name)
+        """Every searched field is one the optimizer has, lr is searched and > 0, and
+        both ends of every range are values the optimizer accepts; every problem is
+        located at its ``search.<field>``."""
+        name = self.optimizer.name
+        allowed = searchable_fields(name)
+        problems = []
         for field in self.search:
             if field not in allowed:
-                raise ValueError(
-                    f"search.{field}: the {self.optimizer.name} optimizer has no numeric "
-                    f"field {field!r}; searchable: {', '.join(allowed)}"
+                problems.append(
+                    problem(
+                        ("search", field),
+                        f"the {name} optimizer has no numeric field {field!r}; "
+                        f"searchable: {', '.join(allowed)}",
+                        field,
+                    )
                 )
         if "lr" not in self.search:
-            raise ValueError("search must include lr (a learning-rate range, e.g. log 1e-4..1e-2)")
-        if self.search["lr"].bounds[0] <= 0:
-            raise ValueError(
-                f"search.lr: learning rates must be > 0, got {self.search['lr'].bounds[0]!r}"
+            problems.append(
+                problem(
+                    ("search",),
+                    "search must include lr (a learning-rate range, e.g. log 1e-4..1e-2); "
+                    f"got {', '.join(self.search)}",
+                    sorted(self.search),
+                )
             )
-        # both ends of every range must be values the optimizer accepts
-        base = self.optimizer.model_dump(mode="python")
-        for field, rng in self.search.items():
-            for v in rng.bounds:
-                try:
-                    type(self.optimizer).model_validate({**base, field: v})
-                except ValidationError as exc:
-                    msg = exc.errors()[0]["msg"]
-                    raise ValueError(
-                        f"search.{field}: {v!r} is not a valid {self.optimizer.name} {field}: {msg}"
-                    ) from None
+        elif self.search["lr"].bounds[0] <= 0:
+            low = self.search["lr"].bounds[0]
+            problems.append(
+                problem(("search", "lr"), f"learning rates must be > 0, got {low!r}", low)
+            )
+        if not problems:
+            # both ends of every range must be values the optimizer accepts
+            base = self.optimizer.model_dump(mode="python")
+            for field, rng in self.search.items():
+                for v in rng.bounds:
+                    try:
+                        type(self.optimizer).model_validate({**base, field: v})
+                    except ValidationError as exc:
+                        msg = exc.errors()[0]["msg"]
+                        problems.append(
+                            problem(
+                                ("search", field),
+                                f"{v!r} is not a valid {name} {field}: {msg}",
+                                v,
+                            )
+                        )
+                        break
+        if problems:
+            raise ValidationError.from_exception_data(type(self).__name__, problems)
         return self
 
     @property
@@ -236,43 +266,82 @@ class StudyRequest(_Request):
                 raise ValueError(f"every seed must be in [0, 2**31), got {s}")
         return seeds
 
-    @model_validator(mode="after")
-    def _arms_baseline_batches(self) -> StudyRequest:
-        names = [a.name for a in self.arms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"arm names must be distinct, got {names}")
-        if self.baseline not in names:
-            raise ValueError(f"baseline {self.baseline!r} is not one of the arms {names}")
-        for arm in self.arms:
-            if self.tuning.method == "grid" and not arm.grid:
-                missing = [f for f, r in arm.search.items() if r.values is None]
-                raise ValueError(
-                    f"arm {arm.name}: tuning.method grid needs values for every searched "
-                    f"field; {', '.join(missing)} gives a range"
+    @model_validator(mode="wrap")
+    @classmethod
+    def _arms_baseline_batches(cls, data: Any, handler: Any) -> StudyRequest:
+        """The rules across fields (distinct arm names, a baseline among them, search
+        ranges that fit the tuning method, batch sizes the micro batch and data
+        parallel workers divide), every problem located at its field."""
+        request: StudyRequest = handler(data)
+        raw_sizes = data.get("batch_sizes") if isinstance(data, dict) else None
+        problems = []
+        names = [a.name for a in request.arms]
+        for i, arm in enumerate(request.arms):
+            if arm.name in names[:i]:
+                problems.append(
+                    problem(
+                        ("arms", i, "name"),
+                        f"arm name {arm.name!r} is already the name of arms.{names.index(arm.name)}"
+                        f"; arm names must be distinct, got {names}",
+                        arm.name,
+                    )
                 )
-            if self.tuning.method != "grid" and any(
-                r.values is not None for r in arm.search.values()
-            ):
-                raise ValueError(
-                    f"arm {arm.name}: explicit values need tuning.method grid "
-                    f"(method is {self.tuning.method})"
+        if request.baseline not in names:
+            problems.append(
+                problem(
+                    ("baseline",),
+                    f"baseline {request.baseline!r} is not one of the arms {names}",
+                    request.baseline,
                 )
-            if self.tuning.method == "grid" and self.grid_size(arm) > MAX_TRIALS:
-                raise ValueError(
-                    f"arm {arm.name}: its grid has {self.grid_size(arm)} points, "
-                    f"at most {MAX_TRIALS} trials per arm and batch size are allowed"
+            )
+        method = request.tuning.method
+        for i, arm in enumerate(request.arms):
+            for field, rng in arm.search.items():
+                if method == "grid" and rng.values is None:
+                    problems.append(
+                        problem(
+                            ("arms", i, "search", field),
+                            f"tuning.method grid needs values for every searched field; "
+                            f"{field} gives a range (low={rng.low!r}, high={rng.high!r})",
+                            rng.model_dump(exclude_none=True),
+                        )
+                    )
+                elif method != "grid" and rng.values is not None:
+                    problems.append(
+                        problem(
+                            ("arms", i, "search", field),
+                            f"explicit values {rng.values} need tuning.method grid (method is "
+                            f"{method}: give low and high for a {method} search)",
+                            rng.values,
+                        )
+                    )
+            if method == "grid" and arm.grid and cls.grid_size(arm) > MAX_TRIALS:
+                problems.append(
+                    problem(
+                        ("arms", i, "search"),
+                        f"arm {arm.name}: its grid has {cls.grid_size(arm)} points, at most "
+                        f"{MAX_TRIALS} trials per arm and batch size are allowed",
+                        cls.grid_size(arm),
+                    )
                 )
-        s = self.spec
+        s = request.spec
         dp = s.data_parallel_size
         micro = s.training.micro_batch_size
-        for b in self.batch_sizes:
+        for i, b in enumerate(request.batch_sizes):
             if b % (micro * dp):
-                raise ValueError(
-                    f"batch size {b} is not a multiple of micro_batch_size * data_parallel "
-                    f"= {micro} * {dp} = {micro * dp} (set spec.training.micro_batch_size "
-                    "or the batch sizes so that it divides every one)"
+                at = raw_sizes.index(b) if isinstance(raw_sizes, list) and b in raw_sizes else i
+                problems.append(
+                    problem(
+                        ("batch_sizes", at),
+                        f"batch size {b} is not a multiple of micro_batch_size * data_parallel "
+                        f"= {micro} * {dp} = {micro * dp} (set spec.training.micro_batch_size "
+                        "or the batch sizes so that it divides every one)",
+                        b,
+                    )
                 )
-        return self
+        if problems:
+            raise ValidationError.from_exception_data(cls.__name__, problems)
+        return request
 
     @staticmethod
     def grid_size(arm: StudyArm) -> int:
