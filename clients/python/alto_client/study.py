@@ -354,6 +354,11 @@ class StudyRequest(_Request):
         return self.grid_size(arm) if self.tuning.method == "grid" else self.tuning.trials
 
 
+def _under(prefix: str, problems: list[SpecProblem]) -> list[SpecProblem]:
+    """Problems of the study's spec, located in the study (``spec.model.hidden_size``)."""
+    return [SpecProblem(f"{prefix}.{p.field}" if p.field else prefix, p.message) for p in problems]
+
+
 def load_study(source: str | Path | dict[str, Any] | StudyRequest) -> StudyRequest:
     """A study request from a YAML/JSON file, a mapping or a request.
 
@@ -396,15 +401,26 @@ def load_study(source: str | Path | dict[str, Any] | StudyRequest) -> StudyReque
         raise SpecError([SpecProblem("", "a study must be a mapping")], where)
     spec = data.get("spec")
     if isinstance(spec, str):
-        data["spec"] = JobSpec.load(base / spec)
+        try:
+            data["spec"] = JobSpec.load(base / spec)
+        except SpecError as exc:
+            if all(p.field for p in exc.problems):
+                raise  # problems located in the spec file it names
+            raise SpecError(_under("spec", exc.problems), where) from None
     overrides = data.pop("spec_overrides", None)
     if overrides is not None:
         if not isinstance(overrides, dict):
             raise SpecError([SpecProblem("spec_overrides", "must be a mapping")], where)
-        spec_obj = (
-            data["spec"] if isinstance(data["spec"], JobSpec) else JobSpec.from_dict(data["spec"])
-        )
-        data["spec"] = spec_obj.with_overrides(overrides)
+        spec = data.get("spec")
+        if isinstance(spec, dict | JobSpec):  # else the request's validation says what is wrong
+            try:
+                spec_obj = spec if isinstance(spec, JobSpec) else JobSpec.from_dict(spec)
+            except SpecError as exc:
+                raise SpecError(_under("spec", exc.problems), where) from None
+            try:
+                data["spec"] = spec_obj.with_overrides(overrides)
+            except SpecError as exc:
+                raise SpecError(_under("spec_overrides", exc.problems), where) from None
     if isinstance(data.get("spec"), JobSpec):
         data["spec"] = data["spec"].model_dump(mode="python")
     try:
