@@ -1,4 +1,4 @@
-"""HTTP routes of the dashboard: its four pages and their static assets.
+"""HTTP routes of the dashboard: its six pages and their static assets.
 
 Pages carry no data and need no token: the script fetches everything from the
 /v1 API with the token the user supplies (in the URL fragment `#token=...`,
@@ -58,6 +58,19 @@ def comparisons_page() -> HTMLResponse:
 def comparison_page(comparison_id: str) -> HTMLResponse:
     """A comparison: arms' curves (mean and spread over seeds), table, memory bars."""
     return _page("comparison", comparison_id)
+
+
+@router.get("/studies", response_class=HTMLResponse)
+def studies_page() -> HTMLResponse:
+    """The studies table (live phase and status)."""
+    return _page("studies")
+
+
+@router.get("/studies/{study_id}", response_class=HTMLResponse)
+def study_page(study_id: str) -> HTMLResponse:
+    """A study: phase, plan, per batch size every tuned arm against the tuned baseline
+    (CIs, verdicts, steps to target), scaling, findings and the study's plot."""
+    return _page("study", study_id)
 
 
 @router.get("/dashboard/static/{name}")

@@ -1,4 +1,5 @@
-"""The dashboard in headless Chromium: a finished comparison's numbers match the API.
+"""The dashboard in headless Chromium: a finished comparison's and a finished study's
+numbers match the API.
 
 Uses Debian's chromium (/usr/bin/chromium) driven by Playwright; no browser is
 downloaded. Screenshots go to $ALTO_TEST_ARTIFACTS (default: the test's tmp dir).
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 from alto_client.client import Client
 from alto_client.models import Comparison
+from alto_client.study import Study
 from livesvc import TINY_SPEC, LiveService
 
 pytestmark = pytest.mark.timeout(180)
@@ -56,6 +58,47 @@ def finished(svc: LiveService) -> Comparison:
     with Client(svc.url, svc.admin_token) as client:
         comp = client.compare(spec, ["alto", "adamw"], seeds=2, name="dashboard-check")
         return client.wait_comparison(comp.id, timeout=90, poll_interval=0.2)
+
+
+@pytest.fixture(scope="module")
+def study(svc: LiveService) -> Study:
+    """A finished study on the simulated cluster: one batch size, 2 trials and 2 seeds
+    per arm (12 jobs of 12 steps). The simulated loss does not depend on the learning
+    rate: alto's curve is lower than adamw's ("better"), and a second adamw arm ties
+    with the baseline ("inside the noise")."""
+    request = {
+        "name": "dashboard-study <i>not markup</i>",
+        "spec": {**TINY_SPEC, "tags": ["dash-study", uuid.uuid4().hex[:8]]},
+        "arms": [
+            {
+                "name": "alto",
+                "optimizer": {"name": "alto"},
+                "search": {"lr": {"low": 1e-3, "high": 1e-2}},
+            },
+            {
+                "name": "adamw",
+                "optimizer": {"name": "adamw"},
+                "search": {"lr": {"low": 1e-4, "high": 1e-2}},
+            },
+            {
+                "name": "adamw-wd",
+                "optimizer": {"name": "adamw"},
+                "search": {
+                    "lr": {"low": 1e-4, "high": 1e-2},
+                    "weight_decay": {"low": 0.01, "high": 0.2},
+                },
+            },
+        ],
+        "batch_sizes": [8],
+        "budget": {"steps": 12},
+        "tuning": {"trials": 2},
+        "seeds": [0, 1],
+        "baseline": "adamw",
+        "evals_per_run": 3,
+    }
+    with Client(svc.url, svc.admin_token) as client:
+        st = client.submit_study(request)
+        return client.wait_study(st.id, timeout=90, poll_interval=0.2)
 
 
 def _artifacts(tmp_path: Path) -> Path:
@@ -121,6 +164,113 @@ def test_comparisons_page_lists_what_the_api_lists(
     assert row.locator("td").nth(3).inner_text().startswith(finished.baseline)
     row.locator("a").click()
     page.wait_for_url(f"**/comparisons/{finished.id}")
+
+
+def _text_of(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}g}"
+
+
+def test_study_page_shows_the_apis_numbers(
+    page, svc: LiveService, study: Study, tmp_path: Path
+) -> None:
+    assert study.phase == "done" and study.status.value == "SUCCEEDED"
+    page.goto(f"{svc.url}/studies/{study.id}#token={svc.admin_token}")
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    assert "token=" not in page.url  # taken out of the address bar
+    assert page.title().startswith(study.name)
+    # API strings are text, never markup
+    assert page.locator("h1").inner_text().startswith(study.name)
+    assert page.locator("#content i").count() == 0
+    assert page.locator('[data-field="phase"]').inner_text() == "done"
+    ended = sum(study.jobs.values())
+    assert page.locator('[data-field="jobs_ended"]').inner_text() == f"{ended}/{study.plan.jobs}"
+    assert page.locator('[data-field="jobs"]').inner_text() == f"succeeded {ended}"
+    assert (
+        page.locator('[data-field="plan_jobs"]')
+        .inner_text()
+        .startswith(f"{study.plan.jobs} ({study.plan.tuning_jobs} tuning")
+    )
+    assert page.locator('[data-field="plan_tokens"]').inner_text() == f"{study.plan.tokens:,}"
+    verdicts = set()
+    for batch in study.batches:
+        table = page.locator(f"#batch-{batch.batch_size}")
+        assert (
+            f"target {batch.target:.4g}"
+            in page.locator(f'.batch[data-batch="{batch.batch_size}"] h2').inner_text()
+        )
+        assert table.locator("tr[data-arm]").count() == len(batch.arms)
+        for arm in batch.arms:
+            row = table.locator(f'tr[data-arm="{arm.name}"]')
+            is_base = arm.name == study.baseline
+
+            def cell(field: str, row=row):
+                return row.locator(f'[data-field="{field}"]')
+
+            loss = cell("final_val_loss_mean")
+            assert float(loss.get_attribute("data-value")) == pytest.approx(
+                arm.final_val_loss_mean, rel=1e-12
+            )
+            assert arm.final_val_loss_ci is not None
+            lo, hi = arm.final_val_loss_ci
+            assert loss.inner_text() == f"{arm.final_val_loss_mean:.4g} [{lo:.4g}, {hi:.4g}]"
+            delta = cell("delta_vs_baseline")
+            verdict = cell("verdict")
+            if is_base:
+                assert delta.get_attribute("data-value") == "" and delta.inner_text() == "-"
+                assert verdict.inner_text() == "baseline"
+            else:
+                assert float(delta.get_attribute("data-value")) == pytest.approx(
+                    arm.delta_vs_baseline, rel=1e-12, abs=1e-15
+                )
+                assert verdict.get_attribute("data-value") == arm.verdict
+                assert verdict.inner_text() == arm.verdict
+                verdicts.add(arm.verdict)
+            steps = cell("steps_to_target")
+            assert arm.steps_to_target is not None
+            assert float(steps.get_attribute("data-value")) == arm.steps_to_target
+            assert steps.inner_text() == f"{arm.steps_to_target:.4g} ({arm.speedup:.2f}x)"
+            for field in ("tokens_per_s_ratio", "peak_memory_ratio", "optimizer_state_ratio"):
+                assert cell(field).inner_text() == f"{getattr(arm, field):.2f}x", field
+            chosen = cell("chosen")
+            assert chosen.get_attribute("data-edge") == ",".join(arm.on_edge)
+            assert chosen.locator(".edge").count() == (1 if arm.on_edge else 0)
+            assert row.locator("a[href^='/jobs/']").count() == len(arm.final_job_ids)
+    assert verdicts == {"better", "inside the noise"}
+    for point in study.scaling:
+        shown = page.locator(
+            f'#scaling-table tr[data-arm="{point.arm}"] [data-batch="{point.batch_size}"]'
+        ).inner_text()
+        if point.reached:
+            assert shown == _text_of(point.steps_to_target)
+        else:
+            assert shown == "not reached"
+    assert page.locator("#findings li").all_inner_texts() == study.findings
+    # the plot, fetched with the token and shown from a blob: URL (the CSP allows blob:)
+    page.wait_for_selector("#study-plot[data-state=yes] img", timeout=30_000)
+    img = page.locator("#study-plot img")
+    assert img.get_attribute("src").startswith("blob:")
+    assert img.evaluate("i => i.naturalWidth") > 200
+    shot = _artifacts(tmp_path) / "dashboard-study.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+
+
+def test_studies_page_lists_what_the_api_lists(page, svc: LiveService, study: Study) -> None:
+    with Client(svc.url, svc.admin_token) as client:
+        listed = client.studies_page(limit=100).items
+    page.goto(f"{svc.url}/studies")
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    assert page.locator("#studies-table tr[data-study]").count() == len(listed)
+    row = page.locator(f'#studies-table tr[data-study="{study.id}"]')
+    assert row.locator("td").nth(1).inner_text() == study.name
+    assert row.locator('[data-field="phase"]').inner_text() == "done"
+    assert row.locator("[data-status]").inner_text() == "SUCCEEDED"
+    assert row.locator('[data-field="jobs"]').inner_text() == str(sum(study.jobs.values()))
+    assert row.locator('[data-field="batch_sizes"]').inner_text() == "8"
+    assert row.locator('[data-field="arms"]').inner_text() == "adamw, alto, adamw-wd"
+    row.locator("a").click()
+    page.wait_for_url(f"**/studies/{study.id}")
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
 
 
 def test_jobs_and_job_pages(page, svc: LiveService, finished: Comparison, tmp_path: Path) -> None:

@@ -17,6 +17,8 @@ def test_pages_are_served_without_a_token(svc: LiveService) -> None:
         ("/jobs/abc123", "job"),
         ("/comparisons", "comparisons"),
         ("/comparisons/c-1", "comparison"),
+        ("/studies", "studies"),
+        ("/studies/s-1", "study"),
     ):
         r = httpx.get(svc.url + path)
         assert r.status_code == 200, path
@@ -28,6 +30,7 @@ def test_pages_are_served_without_a_token(svc: LiveService) -> None:
 def test_ids_that_cannot_be_ids_are_404(svc: LiveService) -> None:
     assert httpx.get(svc.url + "/jobs/" + "x" * 100).status_code == 404
     assert httpx.get(svc.url + "/comparisons/a%22b").status_code == 404
+    assert httpx.get(svc.url + "/studies/a%3Cb").status_code == 404
 
 
 def test_assets_are_ours_and_nothing_is_loaded_from_elsewhere(svc: LiveService) -> None:

@@ -32,8 +32,8 @@ function takeToken() {
 
 let TOKEN = takeToken();
 
-async function api(path) {
-  const headers = { Accept: "application/json" };
+async function fetchOk(path, accept) {
+  const headers = { Accept: accept };
   if (TOKEN) headers.Authorization = "Bearer " + TOKEN;
   const r = await fetch(path, { headers });
   if (r.status === 401) throw new AuthError("the token was not accepted");
@@ -42,8 +42,11 @@ async function api(path) {
     try { const body = await r.json(); if (body.message) msg = r.status + " " + body.message; } catch (e) { /* not JSON */ }
     throw new ApiError(r.status, msg);
   }
-  return r.json();
+  return r;
 }
+async function api(path) { return (await fetchOk(path, "application/json")).json(); }
+// an image the API serves: the token goes in a header, which an <img src> cannot send
+async function apiBlob(path, accept) { return (await fetchOk(path, accept)).blob(); }
 
 function showLogin(message) {
   document.getElementById("login").hidden = false;
@@ -444,10 +447,241 @@ async function renderComparison() {
   schedule(() => guarded(renderComparison), !TERMINAL.has(comp.status));
 }
 
+// ------------------------------------------------------------------ DOM building
+
+// The study pages build their nodes with el(): every API string goes in as text
+// (a text node or an attribute value), never as markup.
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") node.className = v;
+    else node.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat(Infinity)) {
+    if (c === null || c === undefined || c === false) continue;
+    node.append(c instanceof Node ? c : String(c));
+  }
+  return node;
+}
+function statusEl(s) { return el("span", { class: "status " + s, "data-status": s }, s); }
+function shortIdEl(id) { return el("span", { title: id }, String(id).slice(0, 8)); }
+function kpiEl(label, value, field) {
+  return el("div", { class: "kpi" }, el("div", { class: "label" }, label),
+    el("div", { class: "value", "data-field": field || label }, value));
+}
+// a table cell whose raw number stays in data-value (what the browser test compares)
+function tdEl(field, raw, children, cls = "num", extra = {}) {
+  return el("td", { class: cls, "data-field": field, "data-value": raw === null || raw === undefined ? "" : String(raw), ...extra }, children);
+}
+function tableEl(id, headers, rows, numeric) {
+  return el("table", { id },
+    el("thead", null, el("tr", null, headers.map((h, i) => el("th", { class: numeric.has(i) ? "num" : null }, h)))),
+    el("tbody", null, rows));
+}
+function fmtInt(v) { return v === null || v === undefined ? "-" : Math.round(v).toLocaleString("en-US"); }
+function fmtCI(ci, digits = 4) { return ci ? `[${fmtNum(ci[0], digits)}, ${fmtNum(ci[1], digits)}]` : ""; }
+function fmtParams(p) {
+  if (!p || !Object.keys(p).length) return "-";
+  return Object.keys(p).sort().map((k) => `${k}=${fmtNum(p[k], 4)}`).join(", ");
+}
+function fmtCounts(counts) {
+  const parts = Object.keys(counts || {}).sort().map((k) => `${k.toLowerCase()} ${counts[k]}`);
+  return parts.join(" · ") || "none yet";
+}
+const STUDY_LIVE = new Set(["tuning", "final"]);
+
+// ------------------------------------------------------------------ studies page
+
+async function renderStudies() {
+  const page = await api("/v1/studies?limit=100");
+  const rows = page.items.map((st) => {
+    const arms = [st.baseline, ...st.arms.filter((a) => a !== st.baseline)];
+    return el("tr", { "data-study": st.id },
+      el("td", null, el("a", { href: `/studies/${encodeURIComponent(st.id)}` }, shortIdEl(st.id))),
+      el("td", null, st.name), el("td", { "data-field": "phase" }, st.phase), el("td", null, statusEl(st.status)),
+      el("td", { class: "num", "data-field": "jobs" }, String(st.jobs)),
+      el("td", { "data-field": "batch_sizes" }, st.batch_sizes.join(", ")),
+      el("td", { "data-field": "arms" }, arms.join(", ")),
+      el("td", null, st.owner), el("td", null, fmtTime(st.created_at)));
+  });
+  if (!rows.length) {
+    rows.push(el("tr", null, el("td", { colspan: 9, class: "empty" }, "no studies yet: start one with ",
+      el("code", null, "alto study submit STUDY.yaml"))));
+  }
+  document.getElementById("content").replaceChildren(
+    el("h1", null, "Studies"),
+    el("div", { class: "card scroll" },
+      tableEl("studies-table", ["id", "name", "phase", "status", "jobs", "batch sizes", "arms (baseline first)", "owner", "created"], rows, new Set([4])),
+      page.next_cursor ? el("p", { class: "meta" }, "the newest 100 are shown; ", el("code", null, "alto study list"), " lists them all") : null));
+  schedule(() => guarded(renderStudies), page.items.some((st) => STUDY_LIVE.has(st.phase)));
+}
+
+// ------------------------------------------------------------------ study page
+
+function armRow(arm, baseline) {
+  const isBase = arm.name === baseline;
+  const trials = arm.trials || [];
+  const ended = trials.filter((t) => TERMINAL.has(t.status)).length;
+  const diverged = trials.filter((t) => t.diverged).length;
+  const edge = arm.on_edge && arm.on_edge.length
+    ? el("span", { class: "edge", title: "the chosen value is the lowest or highest point tried: the range may have been too narrow" },
+      "edge: " + arm.on_edge.join(", "))
+    : null;
+  let reach = "-";
+  if (arm.steps_to_target !== null && arm.steps_to_target !== undefined) {
+    reach = `${fmtNum(arm.steps_to_target, 4)} (${fmtRatio(arm.speedup)})`;
+  } else if (arm.reached_target === 0) {
+    reach = "not reached";
+  }
+  const loss = arm.final_val_loss_mean === null || arm.final_val_loss_mean === undefined
+    ? "-" : `${fmtNum(arm.final_val_loss_mean)} ${fmtCI(arm.final_val_loss_ci)}`.trim();
+  const delta = isBase || arm.delta_vs_baseline === null || arm.delta_vs_baseline === undefined
+    ? "-" : `${fmtSigned(arm.delta_vs_baseline, 4)} ${fmtCI(arm.delta_ci, 3)}`.trim();
+  const verdict = isBase ? "baseline" : (arm.verdict || "-");
+  const verdictCls = { better: "better", worse: "worse", "inside the noise": "noise" }[arm.verdict] || "";
+  return el("tr", { "data-arm": arm.name },
+    el("td", null, arm.name, isBase ? el("em", null, " (baseline)") : null),
+    tdEl("trials", ended, `${ended}/${trials.length}` + (diverged ? ` (${diverged} diverged)` : "")),
+    tdEl("chosen", arm.chosen ? JSON.stringify(arm.chosen) : null, [fmtParams(arm.chosen), edge ? " " : null, edge], "", { "data-edge": (arm.on_edge || []).join(",") }),
+    tdEl("final_val_loss_mean", arm.final_val_loss_mean, loss, "num", { "data-ci": arm.final_val_loss_ci ? arm.final_val_loss_ci.join(",") : "" }),
+    tdEl("delta_vs_baseline", isBase ? null : arm.delta_vs_baseline, delta, "num", { "data-ci": !isBase && arm.delta_ci ? arm.delta_ci.join(",") : "" }),
+    tdEl("verdict", isBase ? null : arm.verdict, el("span", { class: verdictCls ? "verdict " + verdictCls : null }, verdict), ""),
+    tdEl("steps_to_target", arm.steps_to_target, reach, "num", { "data-speedup": arm.speedup ?? "" }),
+    tdEl("tokens_per_s_ratio", arm.tokens_per_s_ratio, fmtRatio(arm.tokens_per_s_ratio)),
+    tdEl("peak_memory_ratio", arm.peak_memory_ratio, fmtRatio(arm.peak_memory_ratio)),
+    tdEl("optimizer_state_ratio", arm.optimizer_state_ratio, fmtRatio(arm.optimizer_state_ratio)),
+    el("td", null, (arm.final_job_ids || []).flatMap((j, i) => [i ? " " : null, el("a", { href: `/jobs/${encodeURIComponent(j)}` }, shortIdEl(j))])));
+}
+
+const ARM_HEADERS = ["arm", "trials ended", "chosen", "final val loss (95% CI)", "Δ vs baseline (95% CI)", "verdict",
+  "steps to target (speed-up)", "tokens/s ratio", "peak memory ratio", "optimizer state ratio", "final jobs"];
+
+function batchCard(study, batch) {
+  const title = `batch ${batch.batch_size} · ${fmtInt(batch.steps)} steps · target ${fmtNum(batch.target)} (tuned ${study.baseline})`
+    + (batch.eval_noise !== null && batch.eval_noise !== undefined ? ` · eval noise ±${fmtNum(batch.eval_noise, 2)}` : "");
+  return el("div", { class: "card scroll batch", "data-batch": batch.batch_size },
+    el("h2", null, title),
+    tableEl(`batch-${batch.batch_size}`, ARM_HEADERS, batch.arms.map((a) => armRow(a, study.baseline)), new Set([1, 3, 4, 6, 7, 8, 9])));
+}
+
+function planCard(plan) {
+  const unit = plan.resource === "gpu" ? "GPU" : "core";
+  const rows = plan.batches.map((b) => el("tr", { "data-batch": b.batch_size },
+    ...[b.batch_size, fmtInt(b.steps), fmtInt(b.tokens_per_job), b.warmup_steps, b.eval_interval, b.eval_batches, b.tuning_jobs, b.final_jobs]
+      .map((v) => el("td", { class: "num" }, String(v)))));
+  const trials = Object.keys(plan.trials || {}).map((arm) => {
+    const points = plan.trials[arm];
+    const more = points.length > 8 ? ` (+${points.length - 8} more)` : "";
+    return el("li", null, `${arm}: ${points.slice(0, 8).map(fmtParams).join("; ")}${more}`);
+  });
+  return el("div", { class: "card scroll", id: "plan" },
+    el("h2", null, "Plan"),
+    el("div", { class: "kpis" },
+      kpiEl("planned jobs", `${plan.jobs} (${plan.tuning_jobs} tuning, ${plan.final_jobs} final)`, "plan_jobs"),
+      kpiEl("steps", fmtInt(plan.steps), "plan_steps"),
+      kpiEl("tokens", fmtInt(plan.tokens), "plan_tokens"),
+      kpiEl("estimate", `${fmtNum(plan.resource_hours, 3)} ${unit}-hours`, "plan_resource_hours"),
+      plan.cluster_hours !== null && plan.cluster_hours !== undefined
+        ? kpiEl("on this cluster", `≥ ${fmtDuration(plan.cluster_hours * 3600)}`, "plan_cluster_hours") : null),
+    el("p", { class: "meta" }, "estimate basis: " + plan.estimate_basis),
+    tableEl("plan-table", ["batch", "steps", "tokens/job", "warmup", "eval every", "eval batches", "trials", "finals"], rows, new Set([0, 1, 2, 3, 4, 5, 6, 7])),
+    trials.length ? el("ul", { class: "trial-points" }, trials) : null);
+}
+
+function scalingCard(study) {
+  const arms = [], sizes = [], at = {};
+  for (const p of study.scaling) {
+    if (!arms.includes(p.arm)) arms.push(p.arm);
+    if (!sizes.includes(p.batch_size)) sizes.push(p.batch_size);
+    at[p.arm + "@" + p.batch_size] = p;
+  }
+  sizes.sort((a, b) => a - b);
+  const rows = arms.map((arm) => el("tr", { "data-arm": arm }, el("td", null, arm), sizes.map((b) => {
+    const p = at[arm + "@" + b];
+    const reached = p && p.reached && p.steps_to_target !== null && p.steps_to_target !== undefined;
+    return tdEl("steps_to_target", reached ? p.steps_to_target : null, p ? (reached ? fmtNum(p.steps_to_target, 4) : "not reached") : "-",
+      "num", { "data-batch": b });
+  })));
+  return el("div", { class: "card scroll", id: "scaling" },
+    el("h2", null, `Steps to the common target ${fmtNum(study.common_target)}`),
+    tableEl("scaling-table", ["arm", ...sizes.map((b) => `batch ${b}`)], rows, new Set(sizes.map((_, i) => i + 1))));
+}
+
+// The plot costs the server a few seconds to draw: it is fetched once per state of the
+// study's jobs (not on every refresh) and kept as a blob URL across refreshes.
+const studyPlot = { key: null, url: null, error: null };
+
+function showStudyPlot() {
+  const box = document.getElementById("study-plot");
+  if (!box) return;
+  const title = el("h2", null, "Study plot");
+  if (studyPlot.url) {
+    const img = el("img", { src: studyPlot.url, alt: "final loss per arm against batch size, tuning curves, steps to the common target, loss curves" });
+    img.addEventListener("load", () => { box.dataset.state = "yes"; });
+    img.addEventListener("error", () => { box.dataset.state = "error"; });
+    box.replaceChildren(title, img);
+  } else if (studyPlot.error) {
+    box.dataset.state = "error";
+    box.replaceChildren(title, el("p", { class: "error" }, "the plot could not be drawn: " + studyPlot.error));
+  } else {
+    box.dataset.state = "loading";
+    box.replaceChildren(title, el("p", { class: "empty" }, "drawing the plot…"));
+  }
+}
+
+async function loadStudyPlot(id, key) {
+  let url = null, error = null;
+  try {
+    url = URL.createObjectURL(await apiBlob(`/v1/studies/${encodeURIComponent(id)}/plot.png`, "image/png"));
+  } catch (err) {
+    error = String(err.message || err);
+  }
+  if (studyPlot.key !== key) { if (url) URL.revokeObjectURL(url); return; }  // a newer one is on its way
+  if (url && studyPlot.url) URL.revokeObjectURL(studyPlot.url);
+  if (url) { studyPlot.url = url; studyPlot.error = null; } else { studyPlot.error = error; }
+  showStudyPlot();
+}
+
+async function renderStudy() {
+  const id = OBJECT_ID;
+  const study = await api(`/v1/studies/${encodeURIComponent(id)}`);
+  document.title = `${study.name} · ALTO study`;
+  const ended = Object.entries(study.jobs || {}).filter(([k]) => TERMINAL.has(k)).reduce((a, [, v]) => a + v, 0);
+  const arms = [study.baseline, ...study.arms.filter((a) => a !== study.baseline)];
+  const findings = study.findings.length
+    ? el("ul", { id: "findings" }, study.findings.map((f) => el("li", null, f)))
+    : el("p", { id: "findings", class: "empty" }, "no findings yet");
+  document.getElementById("content").replaceChildren(
+    el("h1", null, study.name, " ", statusEl(study.status)),
+    el("p", { class: "meta" }, `study ${study.id} · arms ${arms.join(", ")} (baseline ${study.baseline}) · batch sizes ${study.batch_sizes.join(", ")} · seeds ${study.seeds.join(", ")} · owner ${study.owner} · created ${fmtTime(study.created_at)}`),
+    study.phase_reason ? el("p", { class: "meta", id: "phase-reason" }, study.phase_reason) : null,
+    el("div", { class: "kpis" },
+      kpiEl("phase", study.phase, "phase"),
+      kpiEl("jobs ended", `${ended}/${study.plan.jobs}`, "jobs_ended"),
+      kpiEl("jobs by status", fmtCounts(study.jobs), "jobs")),
+    planCard(study.plan),
+    ...study.batches.map((b) => batchCard(study, b)),
+    study.scaling.length ? scalingCard(study) : null,
+    el("div", { class: "card" }, el("h2", null, "Findings"), findings),
+    el("div", { class: "card plot", id: "study-plot" }));
+  const key = study.phase + JSON.stringify(study.jobs);
+  if (key !== studyPlot.key) {
+    studyPlot.key = key;
+    studyPlot.error = null;
+    loadStudyPlot(id, key);  // not awaited: the tables do not wait for the picture
+  }
+  showStudyPlot();
+  schedule(() => guarded(renderStudy), STUDY_LIVE.has(study.phase));
+}
+
 // ------------------------------------------------------------------ start
 
 function start() {
-  const render = { jobs: renderJobs, comparisons: renderComparisons, job: renderJob, comparison: renderComparison }[PAGE];
+  const render = {
+    jobs: renderJobs, comparisons: renderComparisons, job: renderJob, comparison: renderComparison,
+    studies: renderStudies, study: renderStudy,
+  }[PAGE];
   if (!render) { showError(`unknown page ${PAGE}`); return; }
   document.body.dataset.ready = "loading";
   guarded(async () => { await render(); document.body.dataset.ready = "yes"; });
