@@ -34,7 +34,10 @@ CUDA-less build, so nothing that already works changes meaning:
    ``Tensor.cuda()`` likewise returns the CPU tensor itself when called from
    megatron's DistributedOptimizer module (``_CUDA_MOVE_MODULES``: its
    ``fully_reshardable`` / ``dp_zero_gather_scatter`` checkpoint gathers move shards
-   with ``.cuda()``; new in use on 0.19, where those formats keep ALTO's state).
+   with ``.cuda()``; new in use on 0.19, where those formats keep ALTO's state) or
+   from its language module (with pipeline parallelism and tied embeddings, the last
+   stage's copy of the word embeddings is moved with ``.cuda()`` before the all-reduce
+   that makes it the first stage's).
 4. The tensor-parallel RNG tracker (``tensor_parallel/random.py``) stores and forks
    the CUDA generator; without CUDA megatron's setter silently does nothing, so
    "model-parallel" RNG forks would not fork.  In that module only, the CUDA RNG
@@ -96,7 +99,14 @@ _CUDA_TYPE_NAME_MODULES: frozenset[str] = frozenset(
 )
 
 #: megatron modules whose ``tensor.cuda()`` calls keep CPU tensors where they are.
-_CUDA_MOVE_MODULES: frozenset[str] = frozenset({"megatron.core.optimizer.distrib_optimizer"})
+_CUDA_MOVE_MODULES: frozenset[str] = frozenset(
+    {
+        "megatron.core.optimizer.distrib_optimizer",
+        # pipeline parallelism with tied embeddings: the last stage's copy of the word
+        # embeddings is moved with .cuda() before the first/last-stage all-reduce
+        "megatron.core.models.common.language_module.language_module",
+    }
+)
 
 _RNG_MODULE = "megatron.core.tensor_parallel.random"
 _DISPATCHER_MODULE = "megatron.core.transformer.moe.token_dispatcher"

@@ -28,6 +28,9 @@ method is patched globally; re-measured on 0.19.2):
   Lion's) drives the ``dp_zero_gather_scatter``, ``fully_reshardable`` and legacy
   ``torch`` formats; it is overridden with ``diff_carry`` added, so every format
   keeps the whole state.
+* ``sharded_param_state_dp_reshardable``: with pipeline parallelism and tied
+  embeddings megatron's bucket-end padding can reach past the checkpoint tensor
+  (every optimizer's save fails); it is clipped to the tensor.
 * E keeps its carry apart from its base AdamW's state (``E.state`` and
   ``E.base.state``); megatron's per-parameter state accessors, which every format
   saves and loads through, see the two merged.
@@ -152,6 +155,31 @@ class CheckpointableDistributedOptimizer(DistributedOptimizer):
             sharding_type=sharding_type,
             metadata=metadata,
         )
+
+    def sharded_param_state_dp_reshardable(self, *args: Any, **kwargs: Any) -> Any:
+        """megatron's ``dp_reshardable`` state with the end padding of each bucket clipped
+        to the bucket's checkpoint size.
+
+        With pipeline parallelism and tied embeddings megatron closes a bucket before the
+        embedding's own one at the embedding's 64-element-aligned start, so the bucket's
+        ``numel_unpadded`` (the checkpoint tensor's size) includes that alignment, and the
+        padding megatron appends after the bucket's last parameter reaches past it
+        ("out of bounds chunk" at save, for every optimizer; seen with parameters whose
+        sizes are not multiples of 64).  Padding is never loaded, so cutting it at the
+        tensor's end changes nothing else.
+        """
+        from megatron.core.dist_checkpointing.dict_utils import nested_values
+        from megatron.core.dist_checkpointing.mapping import ShardedTensor
+
+        state = super().sharded_param_state_dp_reshardable(*args, **kwargs)
+        for tensor in nested_values(state):
+            if not isinstance(tensor, ShardedTensor) or len(tensor.global_shape) != 1:
+                continue
+            room = tensor.global_shape[0] - tensor.global_offset[0]
+            if 0 < room < tensor.local_shape[0]:
+                tensor.data = tensor.data[:room]
+                tensor.local_shape = (room,)
+        return state
 
     def _set_main_param_and_optimizer_states(
         self, model_param: torch.Tensor, tensors: dict[str, torch.Tensor]

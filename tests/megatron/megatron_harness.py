@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 VOCAB = 64
+NUM_LAYERS = 2
 SEQ = 16
 GLOBAL_BATCH = 4
 
@@ -27,6 +28,8 @@ class Layout:
 
     tp: int = 1
     ep: int = 1
+    #: pipeline stages (the 2 layers split over them); >1 runs megatron's 1F1B schedule
+    pp: int = 1
     moe: bool = False
     sp: bool = False
     bf16: bool = False
@@ -40,6 +43,9 @@ class Layout:
     #: overlap the DistributedOptimizer's parameter all-gather with the next forward
     overlap_param_gather: bool = False
     fp16: bool = False
+    #: output layer tied to the word embeddings (under PP the last stage holds a copy that
+    #: megatron keeps equal to the first stage's)
+    tied: bool = False
 
 
 def init_distributed() -> None:
@@ -59,6 +65,7 @@ def set_layout(layout: Layout) -> None:
     parallel_state.destroy_model_parallel()
     parallel_state.initialize_model_parallel(
         tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
         expert_model_parallel_size=layout.ep,
         expert_tensor_parallel_size=None,
     )
@@ -68,9 +75,13 @@ def set_layout(layout: Layout) -> None:
 def build_model(layout: Layout) -> torch.nn.Module:
     """A 2-layer GPT (4 experts top-2 when ``layout.moe``) with layout-independent init.
 
+    With ``layout.pp`` > 1 each rank builds its pipeline stage only: the embedding on the
+    first, the final norm and output layer on the last, ``NUM_LAYERS / pp`` layers each.
+
     bf16 models are built in fp32, initialised, then wrapped in megatron's
     Float16Module (which casts every parameter to bf16), as megatron training does.
     """
+    from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
@@ -90,7 +101,7 @@ def build_model(layout: Layout) -> torch.nn.Module:
             expert_model_parallel_size=layout.ep,
         )
     config = TransformerConfig(
-        num_layers=2,
+        num_layers=NUM_LAYERS,
         hidden_size=32,
         ffn_hidden_size=64,
         num_attention_heads=4,
@@ -98,6 +109,8 @@ def build_model(layout: Layout) -> torch.nn.Module:
         hidden_dropout=0.0,
         attention_dropout=0.0,
         tensor_model_parallel_size=layout.tp,
+        pipeline_model_parallel_size=layout.pp,
+        pipeline_dtype=torch.bfloat16 if layout.bf16 else torch.float32,
         sequence_parallel=layout.sp,
         bf16=layout.bf16,
         fp16=layout.fp16,
@@ -119,7 +132,9 @@ def build_model(layout: Layout) -> torch.nn.Module:
         vocab_size=VOCAB,
         max_sequence_length=SEQ,
         position_embedding_type="rope",
-        share_embeddings_and_output_weights=False,
+        share_embeddings_and_output_weights=layout.tied,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
     )
     canonical_init(model)
     if (layout.bf16 or layout.fp16) and layout.float16_module:
@@ -151,6 +166,7 @@ def wrap_ddp(model: torch.nn.Module, layout: Layout) -> torch.nn.Module:
 
 
 _EXPERT = re.compile(r"local_experts\.(\d+)\.")
+_LAYER = re.compile(r"decoder\.layers\.(\d+)\.")
 
 
 def canonical(name: str, param: torch.Tensor) -> tuple[str, int | None, int, int]:
@@ -158,6 +174,13 @@ def canonical(name: str, param: torch.Tensor) -> tuple[str, int | None, int, int
     from megatron.core import parallel_state as ps
 
     name = name.replace("module.", "")
+    if name == "output_layer.weight" and getattr(param, "shared_embedding", False):
+        name = "embedding.word_embeddings.weight"  # the last stage's copy of tied embeddings
+    if ps.get_pipeline_model_parallel_world_size() > 1:  # local layer index -> global one
+        offset = ps.get_pipeline_model_parallel_rank() * (
+            NUM_LAYERS // ps.get_pipeline_model_parallel_world_size()
+        )
+        name = _LAYER.sub(lambda m: f"decoder.layers.{int(m.group(1)) + offset}.", name)
     if ".experts." in name:
         match = _EXPERT.search(name)
         if match is not None:
@@ -247,14 +270,69 @@ def one_step(model: torch.nn.Module, optimizer: Any, step: int) -> tuple[bool, f
     positions = torch.arange(SEQ).unsqueeze(0).expand_as(tokens)
     model.zero_grad_buffer()
     optimizer.zero_grad()
-    out = model(tokens, positions, attention_mask=None, labels=labels)
-    loss = out.float().mean()
-    optimizer.scale_loss(loss).backward()  # x 1.0 (bitwise x) without a grad scaler
-    finalize_model_grads([model])
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        loss = _pipeline_forward_backward(model, optimizer, tokens, labels, positions)
+    else:
+        out = model(tokens, positions, attention_mask=None, labels=labels)
+        loss = out.float().mean()
+        optimizer.scale_loss(loss).backward()  # x 1.0 (bitwise x) without a grad scaler
+        finalize_model_grads([model])
     ok, _, _ = optimizer.step()
     reduced = loss.detach().clone()
     torch.distributed.all_reduce(reduced, group=ps.get_data_parallel_group())
     return ok, float(reduced) / dp
+
+
+def _pipeline_forward_backward(
+    model: torch.nn.Module,
+    optimizer: Any,
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    positions: torch.Tensor,
+) -> torch.Tensor:
+    """megatron's 1F1B schedule over this rank's share, one sequence per micro batch.
+
+    The schedule averages the micro batches' mean losses, which is the mean over the
+    share the single-stage path takes; it calls ``finalize_model_grads`` itself. The
+    loss (known on the last stage only) is broadcast over the pipeline group.
+    """
+    from megatron.core import parallel_state as ps
+    from megatron.core.distributed import finalize_model_grads
+    from megatron.core.pipeline_parallel import get_forward_backward_func
+
+    config = model.config
+    config.finalize_model_grads_func = finalize_model_grads
+    config.no_sync_func = model.no_sync
+    config.grad_scale_func = optimizer.scale_loss
+    micro = [
+        (tokens[i : i + 1], labels[i : i + 1], positions[i : i + 1]) for i in range(len(tokens))
+    ]
+
+    def forward_step(data_iterator, chunk):
+        tok, lab, pos = next(data_iterator)
+        out = chunk(tok, pos, attention_mask=None, labels=lab)
+
+        def loss_func(per_token: torch.Tensor):
+            loss = per_token.float().mean()
+            # a copy: megatron divides the returned loss in place by the micro-batch count
+            return loss, {"loss": loss.detach().clone()}
+
+        return out, loss_func
+
+    outputs = get_forward_backward_func()(
+        forward_step_func=forward_step,
+        data_iterator=iter(micro),
+        model=[model],
+        num_microbatches=len(micro),
+        seq_length=SEQ,
+        micro_batch_size=1,
+        forward_only=False,
+    )
+    loss = torch.zeros(())
+    if ps.is_pipeline_last_stage():
+        loss = torch.stack([o["loss"] for o in outputs]).mean()
+    torch.distributed.all_reduce(loss, group=ps.get_pipeline_model_parallel_group())
+    return loss
 
 
 def train_steps(model: torch.nn.Module, optimizer: Any, steps: range) -> list[float]:

@@ -2,10 +2,10 @@
 
 Phases (each is one process launch, so the import cost is paid once per phase):
 
-* ``parity`` (2 processes): every DP=2 / TP=2 / EP=2 case for 6 steps, the
+* ``parity`` (2 processes): every DP=2 / TP=2 / EP=2 / PP=2 case for 6 steps, the
   slice-local negative control, the state-memory count, and the checkpoint save at
   step 3 plus the uninterrupted continuation to step 6.
-* ``reference`` (1 process): the same models with DP=TP=EP=1, and the DP=2
+* ``reference`` (1 process): the same models with DP=TP=EP=PP=1, and the DP=2
   checkpoint loaded into DP=1 and continued.
 * ``resume`` (2 processes): the DP=2 checkpoint loaded in fresh processes and
   continued to step 6.
@@ -56,12 +56,23 @@ PARITY_CASES: dict[str, H.Layout] = {
     "alto_bf16_tp2_nodistopt": H.Layout(bf16=True, dist_opt=False, tp=2),
     "e_bf16_tp2_nodistopt": H.Layout(optimizer="e", bf16=True, dist_opt=False, tp=2),
     "adam_bf16_tp2_nodistopt": H.Layout(optimizer="adam", bf16=True, dist_opt=False, tp=2),
+    # pipeline parallelism: 2 stages of one layer each, megatron's 1F1B schedule
+    "alto_fp32_pp2": H.Layout(pp=2),
+    "e_fp32_pp2": H.Layout(optimizer="e", pp=2),
+    # tied embeddings: the last stage's output layer is a copy of the first stage's
+    # embedding, their gradients summed by finalize_model_grads
+    "alto_fp32_pp2_tied": H.Layout(pp=2, tied=True),
 }
 
 #: 4 processes: EP=2 with expert data parallelism 2 (and DP=4 for the dense part)
 PARITY4_CASES: dict[str, H.Layout] = {
     "alto_moe_ep2_edp2": H.Layout(moe=True, ep=2),
     "e_moe_ep2_edp2": H.Layout(optimizer="e", moe=True, ep=2),
+    # PP=2 x DP=2: each stage's DistributedOptimizer cuts its weights between 2 ranks
+    "alto_fp32_pp2_dp2": H.Layout(pp=2),
+    "e_fp32_pp2_dp2": H.Layout(optimizer="e", pp=2),
+    # PP=2 x EP=2 (DP=2 for the dense part), MoE
+    "alto_moe_pp2_ep2": H.Layout(moe=True, pp=2, ep=2),
 }
 
 
@@ -71,6 +82,7 @@ def reference_layout(layout: H.Layout) -> H.Layout:
         layout,
         tp=1,
         ep=1,
+        pp=1,
         sp=False,
         dispatcher="allgather",
         bucket_size=None,
@@ -222,6 +234,10 @@ CKPT_LAYOUTS: dict[str, tuple[H.Layout, str]] = {
     "legacy_torch": (CKPT_LAYOUT, LEGACY),
     "legacy_torch_bf16": (H.Layout(bf16=True, bucket_size=None), LEGACY),
     "e_legacy_torch": (H.Layout(optimizer="e", bucket_size=None), LEGACY),
+    # pipeline parallelism: each stage saves and loads its own layers and optimizer shard
+    "pp2": (H.Layout(pp=2, bucket_size=None), "dp_reshardable"),
+    # megatron's bucket-end padding overran the checkpoint tensor here (alto.megatron.distrib)
+    "pp2_tied": (H.Layout(pp=2, tied=True, bucket_size=None), "dp_reshardable"),
 }
 
 

@@ -77,6 +77,22 @@ def test_tensor_type_spelled_cuda_only_for_megatron_optimizer_modules() -> None:
     assert scope["out"] == ("torch.cuda.FloatTensor", "torch.cuda.BFloat16Tensor", torch.float64)
 
 
+@pytest.mark.parametrize(
+    "module",
+    [
+        "megatron.core.optimizer.distrib_optimizer",
+        "megatron.core.models.common.language_module.language_module",  # PP + tied embeddings
+    ],
+)
+def test_tensor_cuda_keeps_cpu_tensors_only_for_listed_modules(module: str) -> None:
+    t = torch.zeros(2)
+    scope = {"__name__": module, "t": t}
+    exec("out = t.cuda()", scope)
+    assert scope["out"] is t
+    with pytest.raises((RuntimeError, AssertionError)):
+        t.cuda()  # every other caller gets torch's answer
+
+
 def test_rng_tracker_forks_the_cpu_generator() -> None:
     from megatron.core.tensor_parallel import random as tp_random
 

@@ -145,6 +145,12 @@ def _parity(runs: dict, case: str) -> float:
         "e_overlap_param_gather",
         "alto_moe_ep2_edp2",
         "e_moe_ep2_edp2",
+        "alto_fp32_pp2",
+        "e_fp32_pp2",
+        "alto_fp32_pp2_dp2",
+        "e_fp32_pp2_dp2",
+        "alto_moe_pp2_ep2",
+        "alto_fp32_pp2_tied",
     ],
 )
 def test_parallel_run_equals_single_process(runs: dict, case: str) -> None:
@@ -154,6 +160,41 @@ def test_parallel_run_equals_single_process(runs: dict, case: str) -> None:
     phase = "parity4" if case in runs["parity4"][0] else "parity"
     losses = runs[phase][0][case]["losses"]
     assert losses[-1] < losses[0], f"{case} did not train: losses {losses}"
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "alto_fp32_pp2",
+        "e_fp32_pp2",
+        "alto_fp32_pp2_dp2",
+        "e_fp32_pp2_dp2",
+        "alto_moe_pp2_ep2",
+        "alto_fp32_pp2_tied",
+    ],
+)
+def test_pipeline_stages_together_hold_the_single_process_model(runs: dict, case: str) -> None:
+    """Under PP=2 each rank holds one stage: the stages together hold every parameter of
+    the 1-process model, each equal to it to fp32 rounding, and every rank reports the
+    last stage's losses, equal to the 1-process run's."""
+    phase = "parity4" if case in runs["parity4"][0] else "parity"
+    ref = _reference(runs, case)  # puts megatron_worker on sys.path
+    import megatron_worker as W
+
+    names = [{name for name, *_ in rank[case]["params"]} for rank in runs[phase]]
+    assert set().union(*names) == set(ref), set(ref) ^ set().union(*names)
+    assert all(0 < len(n) < len(ref) for n in names), "a rank holds the whole model"
+    worst = 0.0
+    for rank in runs[phase]:
+        for name, dim, tp_rank, size, tensor in rank[case]["params"]:
+            full = ref[name] if dim is None else ref[name].chunk(size, dim=dim)[tp_rank]
+            worst = max(worst, float((tensor - full).abs().max()))
+    print(f"{case}: max abs parameter difference vs 1 process = {worst:.2e}")
+    assert worst < 1e-5
+    key = repr(W.reference_layout(W.PARITY_CASES.get(case) or W.PARITY4_CASES[case]))
+    ref_losses = runs["reference"][0][key]["losses"]
+    for rank in runs[phase]:
+        assert rank[case]["losses"] == pytest.approx(ref_losses, rel=1e-6, abs=1e-6)
 
 
 def test_adam_is_megatrons_own_optimizer(runs: dict) -> None:
@@ -255,6 +296,8 @@ def test_alto_state_is_12_bytes_per_parameter_per_shard(runs: dict) -> None:
         "legacy_torch",
         "legacy_torch_bf16",
         "e_legacy_torch",
+        "pp2",
+        "pp2_tied",
     ],
 )
 def test_checkpoint_resume_continues_exactly(runs: dict, layout: str) -> None:
