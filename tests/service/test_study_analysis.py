@@ -434,17 +434,18 @@ def test_common_target_and_scaling() -> None:
     summary = summarize_study(make_request(), full_study())
     b64 = next(b for b in summary.batches if b.batch_size == 64)
     assert b64.target == pytest.approx(2.30)
-    # the worst of the baseline's targets (2.1 at 16, 2.30 at 64)
-    assert summary.common_target == pytest.approx(2.30)
+    # the worst final loss of the baseline's seeds (2.29 and 2.31 at 64; 2.1 at 16), so
+    # every baseline seed reaches it at every batch size
+    assert summary.common_target == pytest.approx(2.31)
     points = {(p.arm, p.batch_size): p for p in summary.scaling}
     assert set(points) == {("alto", 16), ("alto", 64), ("adamw", 16), ("adamw", 64)}
     assert points[("alto", 16)].steps_to_target == 50.0 and points[("alto", 16)].reached
     assert points[("alto", 64)].steps_to_target == 50.0 and points[("alto", 64)].reached
     assert points[("adamw", 16)].steps_to_target == 75.0 and points[("adamw", 16)].reached
-    # at its worst batch size, one baseline seed ends above its own mean
+    # at its worst batch size the worse baseline seed reaches it only at its last step
     assert points[("adamw", 64)].steps_to_target == 100.0
-    assert not points[("adamw", 64)].reached
-    assert any(f.startswith("common target 2.300") for f in summary.findings)
+    assert points[("adamw", 64)].reached
+    assert any(f.startswith("common target 2.310") for f in summary.findings)
     assert "alto: from batch 16 to 64 (4x), steps to the common target fall 1.00x" in (
         " ".join(summary.findings)
     )
