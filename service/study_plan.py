@@ -215,7 +215,12 @@ def job_hours(spec: JobSpec, cost: CostModel) -> tuple[str, float]:
         units, rate = float(r.workers), cost.flops_per_gpu
     else:
         units, rate = r.workers * r.cpus_per_worker, cost.flops_per_cpu
-    seconds = spec.training.steps * spec.tokens_per_step * flops_per_token(spec) / (units * rate)
+    t = spec.training
+    evals = (t.steps // t.eval_interval if t.eval_interval else 0) + 1
+    eval_tokens = evals * t.eval_batches * t.global_batch_size * spec.model.seq_length
+    # an evaluation is a forward pass: a third of a training step's FLOPs per token
+    flops = (t.steps * spec.tokens_per_step + eval_tokens / 3.0) * flops_per_token(spec)
+    seconds = flops / (units * rate)
     return r.device, (seconds + cost.job_overhead_s) * units / 3600.0
 
 
@@ -273,7 +278,8 @@ def make_plan(
         resource_hours=hours,
         cluster_hours=cluster_hours,
         estimate_basis=(
-            f"{flops_per_token(request.spec) / 1e6:.3g} MFLOP per training token at "
+            f"{flops_per_token(request.spec) / 1e6:.3g} MFLOP per training token (evaluation "
+            f"tokens a third of that) at "
             f"{rate:.3g} FLOP/s per {per}, plus {cost.job_overhead_s:g} s of start-up per "
             f"job on {resource_request(request.spec)}"
         ),

@@ -406,13 +406,15 @@ StudyFileArg = Annotated[
 OutOpt = Annotated[Path | None, typer.Option(help="Also save the study's plot (PNG) here.")]
 
 
-def _show_study(client: Client, study: Any, as_json: bool, out: Path | None) -> None:
+def _show_study(
+    client: Client, study: Any, as_json: bool, out: Path | None, width: int | None
+) -> None:
     from alto_client.render_study import study_tables
 
     if as_json:
         print_json(study)
     else:
-        console.print(study_tables(study))
+        console.print(study_tables(study, width))
     if out is not None:
         err_console.print(f"wrote {client.study_plot(study.id, out)}")
 
@@ -478,7 +480,7 @@ def study_submit(
                 print_json(study)
             return
         study = _watch_study(client, study.id, interval)
-        _show_study(client, study, as_json, out)
+        _show_study(client, study, as_json, out, ctx.obj.table_width)
         if study.status is not JobStatus.SUCCEEDED:
             raise fail(f"study {study.id} ended {study.status.value}: {study.phase_reason or ''}")
 
@@ -495,7 +497,7 @@ def study_show(
     """The study's summary: per batch size, every arm against the tuned baseline."""
     with cli_errors(), ctx.obj.client() as client:
         study = _watch_study(client, study_id, interval) if watch else client.study(study_id)
-        _show_study(client, study, as_json, out)
+        _show_study(client, study, as_json, out, ctx.obj.table_width)
         if study.status not in TERMINAL_STATUSES and not as_json:
             err_console.print(f"(study still in its {study.phase} phase: numbers are partial)")
 

@@ -9,7 +9,15 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from alto_client.render import _table, fmt_duration, fmt_num, fmt_ratio, fmt_time, status_text
+from alto_client.render import (
+    _table,
+    fmt_duration,
+    fmt_num,
+    fmt_ratio,
+    fmt_time,
+    is_wide,
+    status_text,
+)
 from alto_client.study import Study, StudyArmResult, StudyInfo, StudyPlan
 
 
@@ -121,7 +129,25 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def study_tables(study: Study) -> Group:
+def _batch_table(title: str, rows: list[list[str]], wide: bool) -> Table:
+    """One row per arm when the terminal is wide; else stacked, one row per measure and
+    one column per arm (fits 80 columns for two or three arms)."""
+    table = Table(title=title, title_justify="left")
+    if wide:
+        for i, column in enumerate(SUMMARY_COLUMNS):
+            table.add_column(column, justify="left" if i < 2 or i == 6 else "right")
+        for row in rows:
+            table.add_row(*row)
+        return table
+    table.add_column("", style="bold", no_wrap=True)
+    for row in rows:
+        table.add_column(row[0], justify="right", overflow="fold")
+    for i, measure in enumerate(SUMMARY_COLUMNS[1:], start=1):
+        table.add_row(measure, *(row[i] for row in rows))
+    return table
+
+
+def study_tables(study: Study, width: int | None = None) -> Group:
     """One table per batch size (every arm against the tuned baseline), then the scaling
     points and the findings in plain sentences."""
     parts: list[Table | Text] = [
@@ -137,12 +163,8 @@ def study_tables(study: Study) -> Group:
             f"{fmt_num(batch.target)} (tuned {study.baseline})"
             + (f" · eval noise ±{batch.eval_noise:.2g}" if batch.eval_noise is not None else "")
         )
-        table = Table(title=title, title_justify="left")
-        for i, column in enumerate(SUMMARY_COLUMNS):
-            table.add_column(column, justify="left" if i < 2 or i == 6 else "right")
-        for arm in batch.arms:
-            table.add_row(*_arm_row(arm, study.baseline))
-        parts.append(table)
+        rows = [_arm_row(arm, study.baseline) for arm in batch.arms]
+        parts.append(_batch_table(title, rows, is_wide(width)))
     if study.scaling:
         by_arm: dict[str, list[str]] = {}
         for p in study.scaling:
