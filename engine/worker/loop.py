@@ -13,6 +13,7 @@ import math
 import os
 import resource
 import signal
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -68,12 +69,21 @@ def init_megatron(spec: JobSpec) -> None:
         expert_model_parallel_size=spec.parallel.expert,
         expert_tensor_parallel_size=spec.parallel.tensor if spec.model.is_moe else None,
     )
-    torch.manual_seed(spec.training.seed)
-    tp_random.model_parallel_cuda_manual_seed(spec.training.seed)
+    # Megatron-LM's rule: each pipeline stage draws its layers from its own seed (else
+    # stage 1's first layer would start as a copy of stage 0's); PP=1 keeps the seed
+    seed = spec.training.seed + 100 * parallel_state.get_pipeline_model_parallel_rank()
+    torch.manual_seed(seed)
+    tp_random.model_parallel_cuda_manual_seed(seed)
 
 
 class Trainer:
-    """One worker's view of the job: owns model, optimizer, data and the step loop."""
+    """One worker's view of the job: owns model, optimizer, data and the step loop.
+
+    With pipeline parallelism each worker holds one stage; megatron's schedule
+    (``get_forward_backward_func``: 1F1B without interleaving) runs the micro batches
+    through the stages, and the losses, known on the last stage, are summed over the
+    pipeline group so that every rank (rank 0 reports) holds them.
+    """
 
     def __init__(self, spec: JobSpec, run_dir: Path) -> None:
         from megatron.core import parallel_state as ps
@@ -85,7 +95,10 @@ class Trainer:
         self.rank = torch.distributed.get_rank()
         self.dp_rank = ps.get_data_parallel_rank()
         self.dp_size = ps.get_data_parallel_world_size()
+        self.last_micro_losses: list[float] = []
         self.dp_group = ps.get_data_parallel_group()
+        self.pp_group = ps.get_pipeline_model_parallel_group()
+        self.pipeline = ps.get_pipeline_model_parallel_world_size()
         self.device = (
             torch.device("cuda") if spec.resources.device == "gpu" else torch.device("cpu")
         )
@@ -123,6 +136,8 @@ class Trainer:
         return output, loss_func
 
     def _run(self, dataset, first_sample: int, global_batch: int, forward_only: bool) -> float:
+        """The token-mean loss of one global batch (forward and backward unless
+        `forward_only`); each micro batch's own mean is kept in `self.last_micro_losses`."""
         t = self.spec.training
         num_micro = global_batch // (t.micro_batch_size * self.dp_size)
         batches = micro_batches(
@@ -137,10 +152,17 @@ class Trainer:
             micro_batch_size=t.micro_batch_size,
             forward_only=forward_only,
         )
-        total = torch.zeros(2, dtype=torch.float64, device=self.device)
-        for out in outputs:
-            total += out["lm"].to(torch.float64)
-        torch.distributed.all_reduce(total, group=self.dp_group)
+        # (loss sum, tokens) of every micro batch of every data-parallel rank: disjoint
+        # batches of the same model, so their spread is the evaluation's own noise
+        per_micro = torch.zeros(self.dp_size, num_micro, 2, dtype=torch.float64, device=self.device)
+        for i, out in enumerate(outputs):  # empty except on the last pipeline stage
+            per_micro[self.dp_rank, i] = out["lm"].to(torch.float64)
+        torch.distributed.all_reduce(per_micro, group=self.dp_group)
+        if self.pipeline > 1:  # every stage (rank 0 writes the metrics) gets the last's
+            torch.distributed.all_reduce(per_micro, group=self.pp_group)
+        flat = per_micro.reshape(-1, 2)
+        self.last_micro_losses = (flat[:, 0] / flat[:, 1].clamp(min=1)).tolist()
+        total = flat.sum(dim=0)
         return float(total[0] / total[1].clamp(min=1))
 
     def _aux_loss(self, num_micro: int) -> float | None:
@@ -214,6 +236,14 @@ class Trainer:
         return {M.MEM_PEAK_RSS_BYTES: _peak_rss()}
 
 
+def standard_error(values: list[float]) -> float | None:
+    """Standard error of the mean of `values` (disjoint validation batches of one
+    evaluation): None with fewer than two, or when any is not finite."""
+    if len(values) < 2 or not all(math.isfinite(v) for v in values):
+        return None
+    return statistics.stdev(values) / math.sqrt(len(values))
+
+
 def _peak_rss() -> float:
     """Peak resident set size of this process in bytes (Linux reports KiB)."""
     return float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
@@ -278,6 +308,7 @@ def train_loop(config: dict) -> None:
                 if val is not None:
                     values[M.VAL_LOSS] = val
                     values[M.VAL_PPL] = math.exp(min(val, 700.0))
+                    values[M.VAL_LOSS_SEM] = standard_error(trainer.last_micro_losses)
                 values.update(trainer.memory_metrics())
             if rank0:
                 metric_log.write(points_at(step, values))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 
 import torch
 from alto_client.spec import JobSpec
@@ -57,7 +58,15 @@ def transformer_config(spec: JobSpec):
 
 
 def build_model(spec: JobSpec, vocab_size: int) -> torch.nn.Module:
-    """GPTModel with megatron's local (no-TE) layer spec; MoE layers when experts > 0."""
+    """GPTModel with megatron's local (no-TE) layer spec; MoE layers when experts > 0.
+
+    With ``parallel.pipeline`` > 1 this rank's pipeline stage only: its
+    ``num_layers / pipeline`` layers, the embedding on the first stage, the final norm
+    and the output layer on the last (megatron keeps the tied output weight of the last
+    stage equal to the first stage's embedding: an all-reduce at construction, and
+    ``finalize_model_grads`` sums the two copies' gradients every step).
+    """
+    from megatron.core import parallel_state as ps
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
@@ -77,6 +86,8 @@ def build_model(spec: JobSpec, vocab_size: int) -> torch.nn.Module:
         max_sequence_length=spec.model.seq_length,
         position_embedding_type="rope",
         share_embeddings_and_output_weights=True,
+        pre_process=ps.is_pipeline_first_stage(),
+        post_process=ps.is_pipeline_last_stage(),
     )
     if spec.model.is_moe and spec.parallel.expert > 1:
         _decorrelate_experts(model, spec.training.seed)
@@ -89,21 +100,30 @@ def padded_vocab_size(vocab_size: int, tensor_parallel: int, multiple: int = 128
     return ((vocab_size + step - 1) // step) * step
 
 
+_LAYER = re.compile(r"layers\.(\d+)\.")
+
+
 def _decorrelate_experts(model: torch.nn.Module, seed: int) -> None:
     """Give every expert its own initial weights whatever the expert-parallel layout.
 
     megatron initialises local experts from the same CPU generator on every EP rank,
     so expert 0 of rank 0 and expert 0 of rank 1 start identical; here each expert's
-    weights are redrawn from a generator seeded by (seed, global expert index, name).
+    weights are redrawn from a generator seeded by (seed, global expert index, name),
+    the name with the global layer index (the local one repeats on every pipeline stage).
     """
     from megatron.core import parallel_state as ps
 
     ep_rank = ps.get_expert_model_parallel_rank()
+    layer_offset = ps.get_pipeline_model_parallel_rank() * (
+        model.config.num_layers // ps.get_pipeline_model_parallel_world_size()
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if ".local_experts." not in name:
                 continue
             head, tail = name.split(".local_experts.", 1)
+            if layer_offset:
+                head = _LAYER.sub(lambda m: f"layers.{int(m.group(1)) + layer_offset}.", head)
             local_index, rest = tail.split(".", 1)
             num_local = model.config.num_moe_experts // ps.get_expert_model_parallel_world_size()
             global_index = ep_rank * num_local + int(local_index)
@@ -129,11 +149,14 @@ def wrap_ddp(model: torch.nn.Module, distributed_optimizer: bool) -> torch.nn.Mo
 
 
 def count_parameters(model: torch.nn.Module) -> int:
-    """Parameters of the whole model (every expert, every TP shard), each counted once."""
+    """Parameters of the whole model (every expert, every TP shard, every pipeline
+    stage), each counted once: the last stage's copy of tied embeddings is not."""
     from megatron.core import parallel_state as ps
 
     sums = {"dense_split": 0, "dense_rep": 0, "expert_split": 0, "expert_rep": 0}
     for param in model.parameters():
+        if getattr(param, "shared", False):  # megatron's flag on that copy (PP > 1 only)
+            continue
         kind = "dense" if getattr(param, "allreduce", True) else "expert"
         split = "split" if getattr(param, "tensor_model_parallel", False) else "rep"
         sums[f"{kind}_{split}"] += param.numel()
@@ -143,9 +166,10 @@ def count_parameters(model: torch.nn.Module) -> int:
         torch.distributed.all_reduce(t, group=group)
         return int(t.item())
 
-    return (
+    stage = (
         summed(sums["dense_split"], ps.get_tensor_model_parallel_group())
         + sums["dense_rep"]
         + summed(sums["expert_split"], ps.get_expert_tensor_and_model_parallel_group())
         + summed(sums["expert_rep"], ps.get_expert_model_parallel_group())
     )
+    return summed(stage, ps.get_pipeline_model_parallel_group())

@@ -197,7 +197,8 @@ def test_strict_and_unknown_keys_rejected_all_at_once() -> None:
 def test_every_cross_field_problem_is_listed_with_its_field() -> None:
     bad = problems(
         """
-model: {hidden_size: 128, num_attention_heads: 3, num_experts: 3, moe_router_topk: 4}
+model: {hidden_size: 128, num_attention_heads: 3, num_experts: 3, moe_router_topk: 4,
+        num_layers: 3}
 parallel: {tensor: 2, expert: 2, pipeline: 2}
 resources: {workers: 6}
 training: {global_batch_size: 10, micro_batch_size: 4, min_lr: 1.0, lr: 0.1}
@@ -209,7 +210,8 @@ optimizer: {name: alto, alpha: 5.0, beta1: 0.5}
     assert "parallel.expert 2" in bad["model.num_experts"]
     assert "at most num_experts 3" in bad["model.moe_router_topk"]
     assert "multiple of tensor*expert*pipeline" in bad["resources.workers"]
-    assert "must be 1" in bad["parallel.pipeline"]
+    assert "num_layers 3 must be divisible by parallel.pipeline 2" in bad["model.num_layers"]
+    assert "parallel.pipeline" not in bad  # pipeline parallelism itself is supported
     assert "must divide global_batch_size 10" in bad["training.micro_batch_size"]
     assert "min_lr" in bad["training.min_lr"]
     assert "1/(1-beta1)" in bad["optimizer.alpha"]
@@ -226,6 +228,31 @@ def test_global_batch_must_split_over_data_parallel_ranks() -> None:
     )
     assert ok.data_parallel_size == 2 and ok.grad_accumulation_steps == 2
     assert ok.sequence_parallel is True
+
+
+def test_pipeline_parallel_rules() -> None:
+    """PP > 1 is accepted; the layers must split evenly over the stages, the workers over
+    tensor*expert*pipeline, and the global batch over the data-parallel ranks left."""
+    ok = JobSpec.from_yaml(
+        "model: {num_layers: 4}\nparallel: {pipeline: 2}\nresources: {workers: 4}\n"
+        "training: {global_batch_size: 8, micro_batch_size: 2}\n"
+    )
+    assert ok.parallel.pipeline == 2 and ok.data_parallel_size == 2
+    assert ok.grad_accumulation_steps == 2
+    bad = problems("model: {num_layers: 3}\nparallel: {pipeline: 2}\nresources: {workers: 2}\n")
+    assert set(bad) == {"model.num_layers"}, bad
+    assert "num_layers 3 must be divisible by parallel.pipeline 2" in bad["model.num_layers"]
+    assert "num_layers/pipeline layers" in bad["model.num_layers"]
+    bad = problems("model: {num_layers: 1}\nparallel: {pipeline: 2}\nresources: {workers: 2}\n")
+    assert "num_layers 1 must be divisible by parallel.pipeline 2" in bad["model.num_layers"]
+    bad = problems("parallel: {pipeline: 2, tensor: 2}\nresources: {workers: 6}\n")
+    assert "tensor*expert*pipeline = 2*1*2 = 4" in bad["resources.workers"]
+    bad = problems(
+        "parallel: {pipeline: 2}\nresources: {workers: 4}\n"
+        "training: {global_batch_size: 6, micro_batch_size: 2}\n"
+    )
+    assert "micro_batch_size*data_parallel = 2*2 = 4" in bad["training.global_batch_size"]
+    assert "workers/(tensor*pipeline)" in bad["training.global_batch_size"]
 
 
 def test_expert_parallel_needs_experts_and_moe_tp_needs_sp() -> None:

@@ -203,3 +203,62 @@ def test_tensor_parallel_2_resumes_exactly_after_a_killed_worker(
     assert [(e["event"], e["step"]) for e in events] == [("resumed", 3)]
     assert [s for s, _ in series(result, M.TRAIN_LOSS)] == list(range(1, STEPS + 1))
     assert losses(result) == pytest.approx(losses(tp2), rel=1e-6, abs=1e-6)
+
+
+PP2 = {
+    **TINY,
+    "name": "e2e-pp2",
+    "parallel": {"pipeline": 2},  # one layer per stage, DP=1
+    "training": {**TINY["training"], "checkpoint_interval": 3},
+}
+
+
+@pytest.fixture(scope="module")
+def pp2(ray_cluster, tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """Pipeline parallel 2 (rank 0: embedding + layer 0, rank 1: layer 1 + tied output
+    layer), megatron's 1F1B schedule over 4 micro batches, ALTO; checkpoints at 3 and 6."""
+    spec = JobSpec.from_dict(PP2)
+    assert spec.data_parallel_size == 1 and spec.grad_accumulation_steps == 4
+    return train(spec, tmp_path_factory.mktemp("pp2"))
+
+
+def test_pipeline_parallel_2_trains_and_reports_from_the_last_stage(pp2: RunResult) -> None:
+    """Rank 0 (the first stage, which holds no loss) logs the last stage's losses."""
+    points = MetricLog(pp2.run_dir).read()
+    assert max(Counter((p.step, p.name) for p in points).values()) == 1
+    for name in (M.TRAIN_LOSS, M.TRAIN_GRAD_NORM, M.TRAIN_AUX_LOSS, M.TRAIN_LR):
+        assert [s for s, _ in series(pp2, name)] == list(range(1, STEPS + 1)), name
+    loss = losses(pp2)
+    assert all(math.isfinite(v) for v in loss)
+    assert loss[0] > 4.0, loss  # ~ln(vocabulary): a real loss, not the first stage's zero
+    assert loss[-1] < loss[0] - 0.05, loss
+    val = series(pp2, M.VAL_LOSS)
+    assert [s for s, _ in val] == [3, 6], val
+    assert all(math.isfinite(v) and v < loss[0] for _, v in val), val
+    assert series(pp2, M.TRAIN_AUX_LOSS)[-1][1] > 0
+    assert series(pp2, M.MODEL_PARAMS)[0][1] > 100_000
+
+
+def test_pipeline_parallel_2_counts_the_same_parameters_as_dp2(
+    pp2: RunResult, dp2: RunResult
+) -> None:
+    """Both stages' parameters, the tied output layer's copy counted once."""
+    assert series(pp2, M.MODEL_PARAMS) == series(dp2, M.MODEL_PARAMS)
+
+
+def test_pipeline_parallel_2_resumes_exactly_after_a_killed_worker(
+    pp2: RunResult, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 1 (the last stage) is SIGKILLed after step 4; the group restarts from the
+    step-3 checkpoint, each stage loading its own layers and ALTO state."""
+    monkeypatch.setenv(FAULT_ENV, "4:1")
+    run_dir = tmp_path_factory.mktemp("pp2-fault")
+    result = train(JobSpec.from_dict(PP2), run_dir)
+    assert (run_dir / ".fault_injected").read_text().startswith("killed rank 1 after step 4")
+    events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events] == [("resumed", 3)]
+    assert [s for s, _ in series(result, M.TRAIN_LOSS)] == list(range(1, STEPS + 1))
+    assert losses(result) == pytest.approx(losses(pp2), rel=1e-6, abs=1e-6)
+    val, val_straight = series(result, M.VAL_LOSS), series(pp2, M.VAL_LOSS)
+    assert [s for s, _ in val] == [s for s, _ in val_straight] == [3, 6]
+    assert [v for _, v in val] == pytest.approx([v for _, v in val_straight], rel=1e-6)

@@ -49,12 +49,13 @@ def cross_field_problems(spec: JobSpec) -> list[InitErrorDetails]:
         )
 
     # parallel layout
-    if pp != 1:
+    if m.num_layers % pp:
         out.append(
             problem(
-                ("parallel", "pipeline"),
-                f"pipeline parallelism is not supported by this engine: pipeline must be 1, got {pp}",
-                pp,
+                ("model", "num_layers"),
+                f"num_layers {m.num_layers} must be divisible by parallel.pipeline {pp} "
+                "(each pipeline stage holds num_layers/pipeline layers)",
+                m.num_layers,
             )
         )
     if m.num_attention_heads % tp:
