@@ -195,24 +195,29 @@ def _job_select() -> Select[Any]:
         .where(JobTag.job_seq == JobRow.seq)
         .scalar_subquery()
     )
-    return select(
-        JobRow.seq,
-        JobRow.id,
-        JobRow.name,
-        JobRow.owner,
-        JobRow.status,
-        JobRow.status_reason,
-        JobRow.spec,
-        JobRow.created_at,
-        JobRow.updated_at,
-        JobRow.started_at,
-        JobRow.finished_at,
-        JobRow.ray_job_id,
-        JobRow.arm,
-        JobRow.seed,
-        ComparisonRow.id.label("comparison_id"),
-        tags.label("tags"),
-    ).outerjoin(ComparisonRow, JobRow.comparison_seq == ComparisonRow.seq)
+    return (
+        select(
+            JobRow.seq,
+            JobRow.id,
+            JobRow.name,
+            JobRow.owner,
+            JobRow.status,
+            JobRow.status_reason,
+            JobRow.spec,
+            JobRow.created_at,
+            JobRow.updated_at,
+            JobRow.started_at,
+            JobRow.finished_at,
+            JobRow.ray_job_id,
+            JobRow.arm,
+            JobRow.seed,
+            ComparisonRow.id.label("comparison_id"),
+            StudyRow.id.label("study_id"),
+            tags.label("tags"),
+        )
+        .outerjoin(ComparisonRow, JobRow.comparison_seq == ComparisonRow.seq)
+        .outerjoin(StudyRow, JobRow.study_seq == StudyRow.seq)
+    )
 
 
 JOB_SELECT = _job_select()
@@ -247,6 +252,7 @@ def to_wire(record: Row[Any], latest: dict[str, LatestMetric] | None = None) -> 
         finished_at=record.finished_at,
         ray_job_id=record.ray_job_id,
         comparison_id=record.comparison_id,
+        study_id=record.study_id,
         arm=record.arm,
         seed=record.seed,
         latest_metrics=latest or {},

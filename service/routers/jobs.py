@@ -192,7 +192,7 @@ def cancel_job(
 @router.delete("/{job_id}", status_code=204, response_class=Response, responses=ERRORS)
 def delete_job(job_id: Annotated[str, JOB_ID], principal: PrincipalDep, s: SessionDep) -> Response:
     """Delete an ended job with its metric history (a running job is cancelled first;
-    a comparison's job goes with its comparison)."""
+    a comparison's or study's job goes with its comparison or study)."""
     record = load_job(s, principal, job_id)
     if record.status not in TERMINAL:
         raise ApiError(
@@ -205,6 +205,12 @@ def delete_job(job_id: Annotated[str, JOB_ID], principal: PrincipalDep, s: Sessi
             409,
             f"job {job_id} belongs to comparison {record.comparison_id}; delete the "
             f"comparison instead (DELETE /v1/comparisons/{record.comparison_id})",
+        )
+    if record.study_id is not None:
+        raise ApiError(
+            409,
+            f"job {job_id} belongs to study {record.study_id}; delete the study instead "
+            f"(DELETE /v1/studies/{record.study_id})",
         )
     delete_jobs(s, [record.seq])
     return Response(status_code=204)

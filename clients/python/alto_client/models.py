@@ -114,6 +114,7 @@ class Job(_Response):
     finished_at: datetime | None = None
     ray_job_id: str | None = None
     comparison_id: str | None = None
+    study_id: str | None = None
     arm: str | None = None
     seed: int | None = None
     latest_metrics: dict[str, LatestMetric] = Field(default_factory=dict)
