@@ -102,6 +102,10 @@ def test_dp2_trains_and_logs_every_step_once(dp2: RunResult) -> None:
     val = series(dp2, M.VAL_LOSS)
     assert [s for s, _ in val] == [3, 6]
     assert series(dp2, M.VAL_PPL)[-1][1] == pytest.approx(math.exp(val[-1][1]))
+    # the evaluation's own noise: the spread of its disjoint micro batches (both ranks')
+    sem = series(dp2, M.VAL_LOSS_SEM)
+    assert [s for s, _ in sem] == [3, 6]
+    assert all(0 < v < 0.5 for _, v in sem), sem
     assert series(dp2, M.MODEL_PARAMS)[0][1] > 100_000
     assert series(dp2, M.OPTIM_STATE_BYTES)[0][1] > 0
     assert series(dp2, M.MEM_PEAK_RSS_BYTES)[-1][1] > 0

@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from alto_client.render import (
+    _fit,
     _table,
     fmt_duration,
     fmt_num,
@@ -181,19 +182,22 @@ def study_tables(study: Study, width: int | None = None) -> Group:
 
 
 def studies_table(items: list[StudyInfo], width: int | None = None) -> Table:
-    headers = ["id", "phase", "status", "jobs", "batches", "arms (baseline first)", "created"]
+    """The studies list (below `WIDE` columns: id, phase, status, jobs, and the arms in
+    what room is left)."""
+    wide = is_wide(width)
+    headers = ["id", "phase", "status", "jobs", "arms (baseline first)"]
+    if wide:
+        headers += ["batches", "name", "owner", "created"]
     rows = []
     for st in items:
         arms = [st.baseline] + [a for a in st.arms if a != st.baseline]
-        rows.append(
-            [
-                st.id,
-                st.phase,
-                status_text(st.status),
-                str(st.jobs),
+        row = [st.id, st.phase, status_text(st.status), str(st.jobs), ", ".join(arms)]
+        if wide:
+            row += [
                 ",".join(str(b) for b in st.batch_sizes),
-                ", ".join(arms),
+                st.name,
+                st.owner,
                 fmt_time(st.created_at),
             ]
-        )
-    return _table(headers, rows, [None] * len(headers), {3})
+        rows.append(row)
+    return _table(headers, rows, _fit(headers, rows, None if wide else width, 4), {3})
