@@ -71,12 +71,29 @@ def _loc(loc: Any) -> list[str | int]:
     return out
 
 
+_ECHOED_TEXT = 60  # longest text input repeated in a message
+
+
+def _with_value(msg: str, error: dict[str, Any]) -> str:
+    """pydantic's built-in messages say what is allowed ("Input should be less than or
+    equal to 64") but not what was sent; add a short scalar input ("got 65")."""
+    value = error.get("input")
+    if "got " in msg or isinstance(value, dict | list) or value is None:
+        return msg
+    if isinstance(value, str) and (len(value) > _ECHOED_TEXT or not value.isprintable()):
+        return msg
+    if not isinstance(value, str | int | float | bool):
+        return msg
+    return f"{msg}, got {value!r}"
+
+
 def field_errors(errors: list[dict[str, Any]]) -> list[FieldError]:
-    """pydantic/FastAPI error dicts as FieldErrors (location, message, type only)."""
+    """pydantic/FastAPI error dicts as FieldErrors (location, message naming the value
+    sent, type)."""
     return [
         FieldError(
             loc=_loc(e.get("loc")),
-            msg=str(e.get("msg", "invalid")),
+            msg=_with_value(str(e.get("msg", "invalid")), e),
             type=str(e.get("type", "value_error")),
         )
         for e in errors

@@ -150,6 +150,72 @@ def test_comparison_end_to_end(ray_head: LocalRayHead, tmp_path: Path) -> None:
         svc.stop()
 
 
+def test_study_end_to_end(ray_head: LocalRayHead, tmp_path: Path) -> None:
+    """A tiny study through the real scheduler, Ray Jobs and engine: its trials run, the
+    service selects, runs the finals and summarizes with the engine's evaluation noise."""
+    svc = service(tmp_path, ray_head, free_port(), REAL_ENGINE).start()
+    try:
+        c = httpx.Client(base_url=svc.url, headers=H, timeout=60)
+        wait_for(lambda: c.get("/readyz").status_code == 200, 120, "/readyz")
+        spec = tiny_spec(eval_interval=0)
+        spec["data"] = {"max_bytes": 300_000}
+        body = {
+            "spec": spec,
+            "arms": [
+                {
+                    "name": "alto",
+                    "optimizer": {"name": "alto"},
+                    "search": {"lr": {"low": 1e-2, "high": 1e-1}},
+                },
+                {
+                    "name": "adamw",
+                    "optimizer": {"name": "adamw"},
+                    "search": {"lr": {"low": 1e-3, "high": 1e-2}},
+                },
+            ],
+            "batch_sizes": [4, 8],
+            "budget": {"steps": 6},
+            "tuning": {"trials": 1},
+            "seeds": [0],
+            "baseline": "adamw",
+            "evals_per_run": 2,
+        }
+        r = c.post("/v1/studies", json=body)
+        assert r.status_code == 202, r.text
+        study = r.json()
+        assert study["plan"]["jobs"] == 8 and study["phase"] == "tuning"
+
+        def ended():
+            st = c.get(f"/v1/studies/{study['id']}").json()
+            return st if st["phase"] in ("done", "cancelled") else None
+
+        try:
+            st = wait_for(ended, 400, "the study to end")
+        except AssertionError:
+            st = c.get(f"/v1/studies/{study['id']}").json()
+            raise AssertionError(f"study did not end: {st}") from None
+        assert st["status"] == "SUCCEEDED" and st["jobs"] == {"SUCCEEDED": 8}, st
+        for batch in st["batches"]:
+            assert batch["eval_noise"] is not None and batch["eval_noise"] > 0
+            for arm in batch["arms"]:
+                (trial,) = arm["trials"]
+                assert trial["status"] == "SUCCEEDED" and trial["final_val_loss"] is not None
+                assert arm["chosen"] == trial["params"]
+                assert arm["final_val_loss_mean"] is not None
+            # the finals train the chosen point: their specs carry its learning rate
+            for arm in batch["arms"]:
+                (job_id,) = arm["final_job_ids"]
+                job = c.get(f"/v1/jobs/{job_id}").json()
+                assert job["study_id"] == study["id"]
+                assert job["spec"]["optimizer"]["lr"] == arm["chosen"]["lr"]
+                assert job["spec"]["training"]["global_batch_size"] == batch["batch_size"]
+        assert st["common_target"] is not None and st["findings"]
+        png = c.get(f"/v1/studies/{study['id']}/plot.png")
+        assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    finally:
+        svc.stop()
+
+
 def test_service_restart_mid_job_loses_nothing(ray_head: LocalRayHead, tmp_path: Path) -> None:
     port = free_port()
     svc = service(tmp_path, ray_head, port, standin(0.25)).start()

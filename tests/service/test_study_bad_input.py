@@ -150,7 +150,7 @@ CASES = [
         "trials over the cap",
         _set(tuning={"trials": 65}),
         ["body", "tuning", "trials"],
-        ["less than or equal to 64"],
+        ["less than or equal to 64", "got 65"],
     ),
     (
         "seeds over the cap",
