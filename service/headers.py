@@ -2,8 +2,9 @@
 
 The dashboard keeps its API token in the browser (localStorage), so no page of this
 origin may load script from elsewhere, be framed by another site, or have its type
-sniffed. Scripts come only from this origin; styles may be inline (the charts are SVG
-with style attributes).
+sniffed. Scripts come only from this origin (the dashboard's own and plotly.js, which
+the service serves from the plotly package; it needs no eval); styles may be inline
+(plotly draws its charts as SVG with style attributes and adds one style sheet).
 """
 
 from __future__ import annotations

@@ -1,41 +1,31 @@
 """PNG rendering of a comparison: loss curves per arm (mean with a band over seeds) and
-the peak-memory overhead of each arm against the baseline."""
+the peak-memory overhead of each arm against the baseline.
+
+The bands are `service.curves`' (`arm_bands`), the arrays the dashboard draws from
+`GET /v1/comparisons/{id}/curves`: this module only draws them.
+"""
 
 from __future__ import annotations
 
 import io
-import math
+from collections.abc import Mapping
 
-import numpy as np
 from alto_client.metrics import TRAIN_LOSS, VAL_LOSS
 from alto_client.models import ArmSummary
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from service.compare import RunData
+from service.curves import Band
 
 
-def _band(runs: list[RunData], name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """Steps common to every seed, with the mean and std of the metric there."""
-    per_run: list[dict[int, float]] = []
-    for run in runs:
-        s = run.get(name)
-        points = {st: v for st, v in zip(s.steps, s.values) if v is not None and math.isfinite(v)}
-        if points:
-            per_run.append(points)
-    if not per_run:
-        return None
-    common = sorted(set.intersection(*(set(p) for p in per_run)))
-    if not common:
-        return None
-    data = np.array([[p[st] for st in common] for p in per_run])
-    return np.array(common), data.mean(axis=0), data.std(axis=0)
-
-
-def render_comparison(
-    title: str, arms: dict[str, list[RunData]], summaries: list[ArmSummary], baseline: str
-) -> bytes:
-    """The comparison's figure as PNG bytes (Agg canvas: no display, thread-safe use)."""
+def comparison_figure(
+    title: str,
+    bands: Mapping[str, Mapping[str, Band]],
+    summaries: list[ArmSummary],
+    baseline: str,
+) -> Figure:
+    """The comparison's figure (Agg canvas: no display, thread-safe use); `bands` is
+    `service.curves.arm_bands` of the comparison's runs, in arm order."""
     fig = Figure(figsize=(12, 4.5), dpi=100)
     FigureCanvasAgg(fig)
     ax_train, ax_val, ax_mem = fig.subplots(1, 3, gridspec_kw={"width_ratios": [2, 2, 1]})
@@ -44,17 +34,18 @@ def render_comparison(
         (ax_val, VAL_LOSS, "validation loss"),
     ):
         drawn = False
-        for i, (arm, runs) in enumerate(arms.items()):
-            band = _band(runs, metric)
+        for i, (arm, arm_bands) in enumerate(bands.items()):
+            band = arm_bands.get(metric)
             if band is None:
                 continue
-            steps, mean, std = band
             color = f"C{i}"
-            n = len(runs)
-            ax.plot(steps, mean, color=color, label=f"{arm} ({n} seed{'s' if n > 1 else ''})")
-            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+            n = band.n_seeds
+            ax.plot(
+                band.steps, band.mean, color=color, label=f"{arm} ({n} seed{'s' if n > 1 else ''})"
+            )
+            ax.fill_between(band.steps, band.lower, band.upper, color=color, alpha=0.2, linewidth=0)
             drawn = True
-        ax.set_title(label)
+        ax.set_title(f"{label} (mean ± std over seeds)")
         ax.set_xlabel("step")
         ax.set_ylabel("loss (nats/token)")
         ax.grid(alpha=0.3)
@@ -70,6 +61,16 @@ def render_comparison(
     ax_mem.grid(axis="y", alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def render_comparison(
+    title: str,
+    bands: Mapping[str, Mapping[str, Band]],
+    summaries: list[ArmSummary],
+    baseline: str,
+) -> bytes:
+    """The comparison's figure as PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    comparison_figure(title, bands, summaries, baseline).savefig(buf, format="png")
     return buf.getvalue()

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, NullFormatter
 
-from service.plot import _band
+from service.curves import seed_band
 from service.study_analysis import StudyRun, StudySummary
 
 _LINE_STYLES = ["-", "--", ":", "-."]
@@ -162,14 +162,14 @@ def _curves_panel(ax: Axes, request: StudyRequest, runs: list[StudyRun]) -> None
         title += f" at batch {bs}"
         for arm in request.arms:
             arm_runs = [r.run for r in finals if r.batch_size == bs and r.arm == arm.name]
-            band = _band(arm_runs, VAL_LOSS)
+            band = seed_band([run.get(VAL_LOSS) for run in arm_runs])
             if band is None:
                 continue
-            steps, mean, std = band
-            n = len(arm_runs)
+            n = band.n_seeds
             color = colors[arm.name]
-            ax.plot(steps, mean, color=color, label=f"{arm.name} ({n} seed{'s' if n > 1 else ''})")
-            ax.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
+            label = f"{arm.name} ({n} seed{'s' if n > 1 else ''})"
+            ax.plot(band.steps, band.mean, color=color, label=label)
+            ax.fill_between(band.steps, band.lower, band.upper, color=color, alpha=0.2, linewidth=0)
             drawn = True
     ax.set_title(title)
     ax.set_xlabel("step")

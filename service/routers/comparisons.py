@@ -16,6 +16,7 @@ from alto_client.metrics import (
 )
 from alto_client.models import (
     Comparison,
+    ComparisonCurves,
     ComparisonInfo,
     ComparisonList,
     ComparisonRequest,
@@ -24,7 +25,7 @@ from alto_client.models import (
     JobStatus,
 )
 from alto_client.spec import JobSpec
-from fastapi import APIRouter, Header, Path, Request, Response
+from fastapi import APIRouter, Header, Path, Query, Request, Response
 from pydantic import ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -33,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from service.auth import Principal
 from service.body import CheckedJSONRoute
 from service.compare import RunData, Series, combined_status, summarize
+from service.curves import DEFAULT_MAX_POINTS, arm_bands, comparison_curves
 from service.db.tables import ComparisonRow
 from service.deps import (
     CursorQuery,
@@ -274,6 +276,24 @@ def delete_comparison(
     return Response(status_code=204)
 
 
+@router.get("/{comparison_id}/curves", response_model=ComparisonCurves, responses=ERRORS)
+def get_comparison_curves(
+    comparison_id: Annotated[str, COMPARISON_ID],
+    principal: PrincipalDep,
+    s: SessionDep,
+    max_points: Annotated[
+        int, Query(ge=2, le=100_000, description="downsample each curve to this many steps")
+    ] = DEFAULT_MAX_POINTS,
+) -> ComparisonCurves:
+    """Per arm, the mean over seeds of its training and validation loss with the band
+    mean +- sample std: the numbers `plot.png` draws (at the default max_points) and the
+    dashboard shows. Seeds are interpolated onto the union of their steps, each within
+    its own range; `n` says how many seeds contribute at each step."""
+    row = _load(s, principal, comparison_id)
+    arms = _runs(s, row, curves=True)
+    return comparison_curves(row.id, row.baseline, arms, arm_bands(arms, max_points=max_points))
+
+
 @router.get(
     "/{comparison_id}/plot.png",
     response_class=Response,
@@ -289,7 +309,7 @@ async def comparison_plot(
             row = _load(s, principal, comparison_id)
             arms = _runs(s, row, curves=True)
             summaries = summarize(arms, row.baseline)
-            return render_comparison(row.name, arms, summaries, row.baseline)
+            return render_comparison(row.name, arm_bands(arms), summaries, row.baseline)
 
     png = await run_in_threadpool(draw)
     return Response(png, media_type="image/png")

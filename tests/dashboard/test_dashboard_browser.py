@@ -1,5 +1,6 @@
 """The dashboard in headless Chromium: a finished comparison's and a finished study's
-numbers match the API.
+numbers match the API, the charts (plotly.js, served by the service) draw the API's
+numbers, zoom, show values on hover and switch the loss axis to a log scale.
 
 Uses Debian's chromium (/usr/bin/chromium) driven by Playwright; no browser is
 downloaded. Screenshots go to $ALTO_TEST_ARTIFACTS (default: the test's tmp dir).
@@ -7,7 +8,9 @@ downloaded. Screenshots go to $ALTO_TEST_ARTIFACTS (default: the test's tmp dir)
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 from alto_client.client import Client
+from alto_client.metrics import TRAIN_LOSS, VAL_LOSS
 from alto_client.models import Comparison
 from alto_client.study import Study
 from livesvc import TINY_SPEC, LiveService
@@ -140,14 +144,105 @@ def test_comparison_page_shows_the_apis_numbers(
         assert shown.startswith(f"{arm.final_val_loss_mean:.4g}")
     alto = page.locator('#summary tr[data-arm="alto"]')
     assert "steps (" in alto.locator('[data-field="steps_to_baseline"]').inner_text()
-    # one curve per arm in each loss chart, a band per arm (two seeds), bars per arm
-    for chart in ("#chart-val", "#chart-train"):
-        assert page.locator(f"{chart} svg path").count() == len(finished.arms)
-        assert page.locator(f"{chart} svg polygon").count() == len(finished.arms)
-    assert page.locator("#chart-state svg rect").count() == len(finished.arms)
+    # the loss charts draw the server's seed bands exactly: a mean and a band per arm
+    with Client(svc.url, svc.admin_token) as client:
+        curves = client.comparison_curves(finished.id)
+    for chart, metric in (("chart-val", VAL_LOSS), ("chart-train", TRAIN_LOSS)):
+        expect(page.locator(f"#{chart}")).to_have_attribute("data-state", "yes", timeout=20_000)
+        traces = {
+            (t["meta"]["arm"], t["meta"]["role"]): t
+            for t in _traces(page, chart)
+            if t["meta"]["metric"] == metric
+        }
+        assert len(traces) == 3 * len(finished.arms), sorted(traces)
+        for arm in curves.arms:
+            curve = next(c for c in arm.curves if c.metric == metric)
+            assert curve.n_seeds == 2
+            for role in ("mean", "lower", "upper"):
+                trace = traces[(arm.name, role)]
+                assert trace["x"] == curve.steps, (chart, arm.name, role)
+                assert trace["y"] == getattr(curve, role), (chart, arm.name, role)
+        # a drawn mean line and a filled band per arm
+        assert page.locator(f"#{chart} .scatterlayer .trace").count() == 3 * len(finished.arms)
+        assert page.locator(f"#{chart} .scatterlayer path.js-fill").count() >= len(finished.arms)
+    bars = _traces(page, "chart-state")
+    assert len(bars) == 1 and bars[0]["meta"]["labels"] == [a.name for a in finished.arms]
+    assert bars[0]["x"] == [a.optimizer_state_bytes_ratio for a in finished.arms]
+    assert page.locator("#chart-state .barlayer .point").count() == len(finished.arms)
     shot = _artifacts(tmp_path) / "dashboard-comparison.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
+
+
+def _traces(page, chart_id: str) -> list[dict]:
+    """The data of a plotly chart as the page holds it (the div's `data`)."""
+    return page.evaluate(
+        """id => document.getElementById(id).data.map(
+            (t) => ({meta: t.meta, x: Array.from(t.x), y: Array.from(t.y)}))""",
+        chart_id,
+    )
+
+
+def _layout(page, chart_id: str, path: str):
+    return page.evaluate(
+        "([id, path]) => path.split('.').reduce((o, k) => o[k], document.getElementById(id))",
+        [chart_id, path],
+    )
+
+
+def test_comparison_charts_zoom_hover_and_log_scale(
+    page, svc: LiveService, finished: Comparison, tmp_path: Path
+) -> None:
+    page.goto(f"{svc.url}/comparisons/{finished.id}")
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    chart = page.locator("#chart-train")
+    expect(chart).to_have_attribute("data-state", "yes", timeout=20_000)
+    expect(chart).to_have_attribute("data-yaxis", "linear")
+    assert _layout(page, "chart-train", "_fullLayout.yaxis.type") == "linear"
+    with Client(svc.url, svc.admin_token) as client:
+        curves = client.comparison_curves(finished.id)
+    train = {arm.name: c for arm in curves.arms for c in arm.curves if c.metric == TRAIN_LOSS}
+    # hover: the unified hover label shows the curves' values at the step under the mouse
+    drag = page.locator("#chart-train .nsewdrag")
+    drag.scroll_into_view_if_needed()
+    box = drag.bounding_box()
+    assert box is not None
+    for dx in (0.5, 0.52):  # plotly shows the label on a move inside the plot
+        page.mouse.move(box["x"] + box["width"] * dx, box["y"] + box["height"] * 0.5, steps=4)
+        page.wait_for_timeout(200)
+    label = page.locator("#chart-train .hoverlayer .legendtext")
+    expect(label).to_have_count(len(train), timeout=5_000)
+    step = int(page.locator("#chart-train .hoverlayer .legendtitletext").text_content() or "")
+    for arm, text in zip(train, label.all_text_contents()):
+        i = train[arm].steps.index(step)
+        assert text.startswith(arm), text
+        shown = [float(x) for x in re.findall(r"-?\d+\.\d+(?:e-?\d+)?", text)]
+        want = [train[arm].mean[i], train[arm].lower[i], train[arm].upper[i]]
+        assert shown == pytest.approx(want, rel=1e-3), (text, want)
+    # zoom: a drag over the plot narrows the x axis
+    full = _layout(page, "chart-train", "_fullLayout.xaxis.range")
+    page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.5)
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] * 0.6, box["y"] + box["height"] * 0.5, steps=8)
+    page.mouse.up()
+    expect(chart).to_have_attribute("data-zoomed", "yes", timeout=5_000)
+    zoomed = _layout(page, "chart-train", "_fullLayout.xaxis.range")
+    assert full[0] < zoomed[0] < zoomed[1] < full[1], (full, zoomed)
+    # log scale: both loss charts switch, and the choice outlives a reload
+    page.check("#log-loss")
+    for chart_id in ("chart-train", "chart-val"):
+        expect(page.locator(f"#{chart_id}")).to_have_attribute("data-yaxis", "log")
+        assert _layout(page, chart_id, "_fullLayout.yaxis.type") == "log"
+    low, high = _layout(page, "chart-train", "_fullLayout.yaxis.range")
+    lows = [v for arm in curves.arms for c in arm.curves if c.metric == TRAIN_LOSS for v in c.lower]
+    assert low < math.log10(min(lows)) < high  # log-axis units
+    page.screenshot(path=str(_artifacts(tmp_path) / "dashboard-comparison-log.png"))
+    page.reload()
+    page.wait_for_selector("body[data-ready=yes]", timeout=30_000)
+    expect(page.locator("#chart-val")).to_have_attribute("data-yaxis", "log", timeout=20_000)
+    assert page.locator("#log-loss").is_checked()
+    page.uncheck("#log-loss")
+    expect(page.locator("#chart-val")).to_have_attribute("data-yaxis", "linear")
 
 
 def test_comparisons_page_lists_what_the_api_lists(
@@ -290,7 +385,17 @@ def test_jobs_and_job_pages(page, svc: LiveService, finished: Comparison, tmp_pa
     val = page.locator('[data-field="val/loss"]').inner_text()
     assert val == f"{job.latest_metrics['val/loss'].value:.4g}"
     assert page.locator('[data-field="step"]').inner_text() == "12/12"
-    assert page.locator("#chart-loss svg path").count() == 2  # train and validation loss
+    # train and validation loss, the history's numbers
+    expect(page.locator("#chart-loss")).to_have_attribute("data-state", "yes", timeout=20_000)
+    with Client(svc.url, svc.admin_token) as client:
+        hist = client.metrics(job.id, max_points=1000)
+    drawn = {t["meta"]["metric"]: t for t in _traces(page, "chart-loss")}
+    assert sorted(drawn) == sorted([TRAIN_LOSS, VAL_LOSS])
+    for series in hist.series:
+        if series.name in drawn:
+            assert drawn[series.name]["x"] == series.steps
+            assert drawn[series.name]["y"] == series.values
+    assert page.locator("#chart-loss .scatterlayer .trace").count() == 2
     page.screenshot(path=str(_artifacts(tmp_path) / "dashboard-job.png"), full_page=True)
 
 

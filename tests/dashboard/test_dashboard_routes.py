@@ -49,3 +49,29 @@ def test_assets_are_ours_and_nothing_is_loaded_from_elsewhere(svc: LiveService) 
 def test_dashboard_routes_are_not_in_the_api_schema(svc: LiveService) -> None:
     paths = httpx.get(svc.url + "/openapi.json").json()["paths"]
     assert "/" not in paths and not any(p.startswith("/dashboard") for p in paths)
+
+
+def test_plotly_is_served_from_the_installed_package(svc: LiveService) -> None:
+    """plotly.js comes from plotly's Python package, under a URL that names its version
+    (so it may be cached for a year), gzipped for clients that take it."""
+    from importlib import metadata
+    from importlib.resources import files
+
+    html = httpx.get(svc.url + "/comparisons/c-1").text
+    (path,) = re.findall(r'data-plotly="([^"]*)"', html)
+    assert path == f"/dashboard/vendor/plotly-{metadata.version('plotly')}.min.js"
+    shipped = files("plotly").joinpath("package_data", "plotly.min.js").read_bytes()
+    r = httpx.get(svc.url + path)  # httpx asks for gzip and decodes it
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/javascript")
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.content == shipped and r.content.startswith(b"/**\n* plotly.js v")
+    assert (
+        "immutable" in r.headers["cache-control"]
+        and "max-age=31536000" in r.headers["cache-control"]
+    )
+    assert "accept-encoding" in r.headers["vary"].lower()
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    plain = httpx.get(svc.url + path, headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers and plain.content == shipped
+    for other in ("plotly-0.0.1.min.js", "plotly.min.js", "..%2Fapp.js", "widgetbundle.js"):
+        assert httpx.get(f"{svc.url}/dashboard/vendor/{other}").status_code == 404, other

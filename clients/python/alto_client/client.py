@@ -39,6 +39,7 @@ from alto_client.core import (
 from alto_client.errors import ConnectionFailed
 from alto_client.models import (
     Comparison,
+    ComparisonCurves,
     ComparisonInfo,
     ComparisonList,
     Job,
@@ -307,6 +308,13 @@ class Client(_Config):
         call = core.get_comparison(comparison_id)
         return self._wait(call, comparison_id, timeout, poll_interval)
 
+    def comparison_curves(
+        self, comparison_id: str, *, max_points: int | None = None
+    ) -> ComparisonCurves:
+        """Per arm, the mean and the band mean +- std over seeds of its loss curves (the
+        numbers the plot and the dashboard draw)."""
+        return self._send(core.comparison_curves(comparison_id, max_points))
+
     def plot_png(self, comparison_id: str) -> bytes:
         """The comparison's loss/memory plot as PNG bytes."""
         return self._send(core.comparison_plot(comparison_id))
@@ -561,6 +569,11 @@ class AsyncClient(_Config):
     ) -> Comparison:
         call = core.get_comparison(comparison_id)
         return await self._wait(call, comparison_id, timeout, poll_interval)
+
+    async def comparison_curves(
+        self, comparison_id: str, *, max_points: int | None = None
+    ) -> ComparisonCurves:
+        return await self._send(core.comparison_curves(comparison_id, max_points))
 
     async def plot_png(self, comparison_id: str) -> bytes:
         return await self._send(core.comparison_plot(comparison_id))

@@ -37,6 +37,7 @@ from alto_client.models import (
     TERMINAL_STATUSES,
     Arm,
     Comparison,
+    ComparisonCurves,
     ComparisonList,
     ComparisonRequest,
     Job,
@@ -367,6 +368,16 @@ def get_comparison(comparison_id: str) -> Call[Comparison]:
 def list_comparisons(owner: str | None, limit: int, cursor: str | None) -> Call[ComparisonList]:
     params = _page_params(owner, limit, cursor)
     return Call("GET", "/v1/comparisons", _model(ComparisonList), {"params": params})
+
+
+def comparison_curves(comparison_id: str, max_points: int | None) -> Call[ComparisonCurves]:
+    params = {} if max_points is None else {"max_points": max_points}
+    return Call(
+        "GET",
+        f"/v1/comparisons/{comparison_id}/curves",
+        _model(ComparisonCurves),
+        {"params": params},
+    )
 
 
 def comparison_plot(comparison_id: str) -> Call[bytes]:

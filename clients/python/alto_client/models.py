@@ -25,11 +25,14 @@ from alto_client.spec import JobSpec, OptimizerSpec
 __all__ = [
     "TERMINAL_STATUSES",
     "Arm",
+    "ArmCurves",
     "ArmSummary",
     "Comparison",
+    "ComparisonCurves",
     "ComparisonInfo",
     "ComparisonList",
     "ComparisonRequest",
+    "CurveBand",
     "ErrorResponse",
     "FieldError",
     "IngestResult",
@@ -132,10 +135,12 @@ class JobList(_Response):
 
 
 class MetricSeries(_Response):
-    """The history of one metric; `downsampled` says points were dropped to fit max_points.
+    """The history of one metric; `downsampled` says it was too long for max_points.
 
     A value of None stands for a non-finite value (NaN or infinity, e.g. a diverged loss):
-    plain JSON, which browsers also parse, has no NaN.
+    plain JSON, which browsers also parse, has no NaN. A downsampled series has one
+    point per bucket of steps: the bucket's last step and time, the mean of its finite
+    values (None if it has none), and in `mins` and `maxs` their minimum and maximum.
     """
 
     name: str
@@ -144,6 +149,8 @@ class MetricSeries(_Response):
     times: list[float]
     total_points: int
     downsampled: bool = False
+    mins: list[float | None] | None = None
+    maxs: list[float | None] | None = None
 
 
 class MetricHistory(_Response):
@@ -238,6 +245,46 @@ class Comparison(_Response):
     seeds: list[int]
     created_at: datetime
     arms: list[ArmSummary]
+
+
+class CurveBand(_Response):
+    """One metric of one arm over its seeds: the mean and the band mean +- sample std.
+
+    Computed by the server once, for the dashboard and `plot.png` alike: at every step any
+    seed logged, each seed whose finite values span that step contributes its value there
+    (linearly interpolated between its neighbouring logged steps when it did not log that
+    exact step); `n[i]` seeds contributed at `steps[i]`, and the std is the sample std
+    (0 where one seed contributed), as in the summary's `*_std`. Non-finite values (a
+    diverged seed) are left out. Series longer than max_points keep the first, the last
+    and per bucket the lowest and highest mean, and say `downsampled`.
+    """
+
+    metric: str
+    steps: list[int]
+    mean: list[float]
+    lower: list[float]
+    upper: list[float]
+    n: list[int]
+    n_seeds: int = Field(description="seeds with at least one finite value of the metric")
+    total_points: int = Field(description="steps before downsampling")
+    downsampled: bool = False
+
+
+class ArmCurves(_Response):
+    """The loss curves of one arm (`train/loss`, `val/loss`; a metric no seed reported yet
+    is absent)."""
+
+    name: str
+    job_ids: list[str]
+    curves: list[CurveBand]
+
+
+class ComparisonCurves(_Response):
+    """Per arm, in the comparison's arm order, the seed bands of its loss curves."""
+
+    comparison_id: str
+    baseline: str
+    arms: list[ArmCurves]
 
 
 class ComparisonInfo(_Response):

@@ -1,6 +1,7 @@
-// ALTO dashboard: our own small script, no libraries. It reads the public /v1
-// API with the user's bearer token and draws every chart as SVG in the page,
-// so it works offline. Pages refresh every few seconds while anything runs.
+// ALTO dashboard: our own small script. It reads the public /v1 API with the user's
+// bearer token and draws the charts with plotly.js, which the service itself serves
+// (from plotly's Python package), so it works offline. Pages refresh every few
+// seconds while anything runs.
 "use strict";
 
 const PAGE = document.body.dataset.page;
@@ -123,121 +124,185 @@ function cell(field, raw, text, cls = "num") {
   return `<td class="${cls}" data-field="${esc(field)}" data-value="${esc(value)}">${esc(text)}</td>`;
 }
 
-// ------------------------------------------------------------------ SVG charts
+// ------------------------------------------------------------------ charts (plotly.js)
 
-function niceTicks(lo, hi, count) {
-  if (!(hi > lo)) { const pad = Math.abs(lo) * 0.05 || 1; lo -= pad; hi += pad; }
-  const raw = (hi - lo) / Math.max(1, count);
-  const mag = Math.pow(10, Math.floor(Math.log10(raw)));
-  const step = [1, 2, 2.5, 5, 10].map((f) => f * mag).find((s) => s >= raw) || 10 * mag;
-  const start = Math.floor(lo / step) * step;
-  const ticks = [];
-  for (let t = start; t <= hi + step * 0.5; t += step) ticks.push(Number(t.toPrecision(12)));
-  return ticks;
+// plotly.js is the copy plotly's Python package installs, served by this service under
+// a versioned URL (index.html's data-plotly); it is loaded only by the pages that chart.
+let plotlyLoading = null;
+function loadPlotly() {
+  if (window.Plotly) return Promise.resolve(window.Plotly);
+  if (!plotlyLoading) {
+    const src = document.body.dataset.plotly;
+    plotlyLoading = new Promise((resolve, reject) => {
+      if (!src) { reject(new Error("charts unavailable: the service has no plotly package")); return; }
+      const script = document.createElement("script");
+      script.src = src;
+      script.addEventListener("load", () => resolve(window.Plotly));
+      script.addEventListener("error", () => { plotlyLoading = null; reject(new Error(`charts unavailable: ${src} did not load`)); });
+      document.head.append(script);
+    });
+  }
+  return plotlyLoading;
 }
 
-// series: [{label, color, points: [[x, y]...], band: [[x, lo, hi]...], dash}]
-function lineChart(title, series, opts = {}) {
-  const W = 640, H = opts.height || 260, L = 58, R = 14, T = 26, B = 36;
-  const xs = [], ys = [];
-  for (const s of series) {
-    for (const [x, y] of s.points) if (Number.isFinite(y)) { xs.push(x); ys.push(y); }
-    for (const [x, lo, hi] of s.band || []) if (Number.isFinite(lo) && Number.isFinite(hi)) { xs.push(x); ys.push(lo, hi); }
+// no logo link and no "share" button: that one would upload the chart to Plotly's cloud
+const PLOT_CONFIG = { displaylogo: false, responsive: true, modeBarButtonsToRemove: ["select2d", "lasso2d", "sendChartToCloud"] };
+const LOG_KEY = "alto_log_loss";
+let logLoss = localStorage.getItem(LOG_KEY) === "1";
+const LOSS_CHARTS = new Set();  // ids of the charts whose y axis the log toggle switches
+
+function hexToRgba(hex, alpha) {
+  const n = parseInt(hex.slice(1), 16);
+  return `rgba(${(n >> 16) & 255},${(n >> 8) & 255},${n & 255},${alpha})`;
+}
+
+// plotly reads a small HTML subset in text (<b>, <br>, <a>): API strings go in escaped
+function plotText(s) { return esc(s); }
+
+function chartLayout(title, yTitle, opts = {}) {
+  const layout = {
+    title: { text: plotText(title), font: { size: 14 }, x: 0.01, xanchor: "left" },
+    height: opts.height || 360,
+    margin: { l: 64, r: 16, t: 40, b: 44 },
+    xaxis: { title: { text: opts.xLabel || "step" }, zeroline: false },
+    yaxis: { title: { text: plotText(yTitle || "") }, zeroline: false, type: opts.log ? "log" : "linear" },
+    hovermode: "x unified",
+    legend: { orientation: "h", x: 0, y: -0.2, yanchor: "top", font: { size: 11 } },
+    paper_bgcolor: "rgba(0,0,0,0)",
+    plot_bgcolor: "rgba(0,0,0,0)",
+    // a live refresh redraws with new data; the user's zoom and hidden traces stay
+    uirevision: opts.uirevision || "keep",
+    annotations: [],
+  };
+  if (opts.empty) {
+    layout.annotations.push({ text: "no data yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#5b6578" } });
+    layout.xaxis.visible = false;
+    layout.yaxis.visible = false;
   }
-  if (!xs.length) {
-    return `<div class="chart-empty"><svg class="chart" viewBox="0 0 ${W} 80"><text class="title" x="${L}" y="18">${esc(title)}</text><text x="${L}" y="50">no data yet</text></svg></div>`;
+  return layout;
+}
+
+// draws (or redraws in place) one chart; `loss` charts follow the log-scale toggle
+async function drawChart(id, traces, layout, loss = false) {
+  const div = document.getElementById(id);
+  if (!div) return;
+  let Plotly;
+  try {
+    Plotly = await loadPlotly();
+  } catch (err) {
+    div.dataset.state = "error";
+    div.textContent = String(err.message || err);
+    return;
   }
-  let x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
-  if (x1 === x0) { x0 -= 1; x1 += 1; }
-  series = series.filter((s) => s.points.length || (s.band && s.band.length));
-  const yt = niceTicks(y0, y1, 5); y0 = Math.min(y0, yt[0]); y1 = Math.max(y1, yt[yt.length - 1]);
-  const xt = niceTicks(x0, x1, 6).filter((t) => t >= x0 && t <= x1);
-  const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
-  const sy = (y) => T + (1 - (y - y0) / (y1 - y0 || 1)) * (H - T - B);
-  const fmt = opts.yFormat || ((v) => fmtNum(v, 3));
-  let g = `<text class="title" x="${L}" y="16">${esc(title)}</text>`;
-  for (const t of yt) g += `<line class="grid" x1="${L}" x2="${W - R}" y1="${sy(t)}" y2="${sy(t)}"/><text x="${L - 6}" y="${sy(t) + 4}" text-anchor="end">${esc(fmt(t))}</text>`;
-  for (const t of xt) g += `<line class="grid" x1="${sx(t)}" x2="${sx(t)}" y1="${T}" y2="${H - B}"/><text x="${sx(t)}" y="${H - B + 15}" text-anchor="middle">${esc(fmtNum(t, 4))}</text>`;
-  g += `<line class="axis" x1="${L}" x2="${W - R}" y1="${H - B}" y2="${H - B}"/><line class="axis" x1="${L}" x2="${L}" y1="${T}" y2="${H - B}"/>`;
-  g += `<text x="${(L + W - R) / 2}" y="${H - 4}" text-anchor="middle">${esc(opts.xLabel || "step")}</text>`;
-  for (const s of series) {
-    if (s.band && s.band.length > 1) {
-      const top = s.band.map(([x, , hi]) => `${sx(x).toFixed(1)},${sy(hi).toFixed(1)}`);
-      const bot = s.band.slice().reverse().map(([x, lo]) => `${sx(x).toFixed(1)},${sy(lo).toFixed(1)}`);
-      g += `<polygon points="${top.concat(bot).join(" ")}" fill="${s.color}" fill-opacity="0.16" stroke="none"/>`;
+  if (loss) {
+    LOSS_CHARTS.add(id);
+    layout.yaxis.type = logLoss ? "log" : "linear";
+  }
+  await Plotly.react(div, traces, layout, PLOT_CONFIG);
+  if (!div.dataset.zoomed) {
+    div.dataset.zoomed = "no";
+    div.on("plotly_relayout", (ev) => {
+      if ("xaxis.range[0]" in ev || "xaxis.range" in ev) div.dataset.zoomed = "yes";
+      else if (ev["xaxis.autorange"]) div.dataset.zoomed = "no";
+    });
+  }
+  if (loss) div.dataset.yaxis = layout.yaxis.type;
+  div.dataset.state = "yes";
+}
+
+// the "log-scale loss" checkbox; its state is kept across pages and reloads
+function logToggleEl() {
+  const box = el("input", { type: "checkbox", id: "log-loss", checked: logLoss });
+  box.addEventListener("change", async () => {
+    logLoss = box.checked;
+    localStorage.setItem(LOG_KEY, logLoss ? "1" : "0");
+    const Plotly = await loadPlotly();
+    for (const id of LOSS_CHARTS) {
+      const div = document.getElementById(id);
+      if (!div || !div.data) continue;
+      await Plotly.relayout(div, { "yaxis.type": logLoss ? "log" : "linear", "yaxis.autorange": true });
+      div.dataset.yaxis = div.layout.yaxis.type;
     }
-    const pts = s.points.filter(([, y]) => Number.isFinite(y));
-    if (pts.length === 1) {
-      g += `<circle cx="${sx(pts[0][0])}" cy="${sy(pts[0][1])}" r="3.5" fill="${s.color}"/>`;
-    } else if (pts.length > 1) {
-      const d = pts.map(([x, y], i) => `${i ? "L" : "M"}${sx(x).toFixed(1)},${sy(y).toFixed(1)}`).join("");
-      g += `<path d="${d}" fill="none" stroke="${s.color}" stroke-width="1.8" ${s.dash ? 'stroke-dasharray="5 4"' : ""}/>`;
-      if (s.markers) for (const [x, y] of pts) g += `<circle cx="${sx(x)}" cy="${sy(y)}" r="3" fill="${s.color}"/>`;
-    }
+  });
+  return el("label", { class: "toggle" }, box, " log-scale loss");
+}
+
+// a line per metric of one job: [{label, color, steps, values, markers, scale}]
+function lineTraces(lines) {
+  return lines.filter((l) => l.steps.length).map((l) => ({
+    type: "scatter",
+    mode: l.markers ? "lines+markers" : "lines",
+    name: plotText(l.label),
+    x: l.steps,
+    y: l.values.map((v) => (v === null || v === undefined ? null : v * (l.scale || 1))),
+    line: { color: l.color, width: 1.8 },
+    marker: { size: 6 },
+    hovertemplate: "%{y:.4g}",
+    meta: { metric: l.metric, role: "line" },
+  }));
+}
+
+// an arm's mean over seeds with its band (mean ± std, from /v1/comparisons/{id}/curves)
+function bandTraces(arm, curve, color, markers) {
+  const label = `${arm}${curve.n_seeds > 1 ? ` (mean ± std of ${curve.n_seeds} seeds)` : ""}`;
+  const traces = [];
+  if (curve.n_seeds > 1) {
+    const band = { type: "scatter", mode: "lines", x: curve.steps, line: { width: 0, color }, hoverinfo: "skip", showlegend: false, legendgroup: arm };
+    traces.push({ ...band, y: curve.upper, meta: { arm, metric: curve.metric, role: "upper" } });
+    traces.push({ ...band, y: curve.lower, fill: "tonexty", fillcolor: hexToRgba(color, 0.18), meta: { arm, metric: curve.metric, role: "lower" } });
   }
-  const legend = series.map((s) => `<span><i style="background:${s.color}"></i>${esc(s.label)}</span>`).join("");
-  return `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">${g}</svg><div class="legend">${legend}</div>`;
+  traces.push({
+    type: "scatter",
+    mode: markers && curve.steps.length <= 60 ? "lines+markers" : "lines",
+    name: plotText(label),
+    legendgroup: arm,
+    x: curve.steps,
+    y: curve.mean,
+    customdata: curve.steps.map((_, i) => [curve.lower[i], curve.upper[i], curve.n[i]]),
+    hovertemplate: curve.n_seeds > 1 ? "%{y:.4g} (%{customdata[0]:.4g} to %{customdata[1]:.4g}, %{customdata[2]} seeds)" : "%{y:.4g}",
+    line: { color, width: 2 },
+    marker: { size: 6 },
+    meta: { arm, metric: curve.metric, role: "mean" },
+  });
+  return traces;
 }
 
 // bars: [{label, value, color}]
-function barChart(title, bars, fmt) {
-  const W = 640, rowH = 30, L = 120, R = 80, T = 28;
-  const H = T + rowH * Math.max(1, bars.length) + 10;
-  const vals = bars.map((b) => b.value).filter((v) => Number.isFinite(v));
-  let g = `<text class="title" x="10" y="16">${esc(title)}</text>`;
-  if (!vals.length) return `<svg class="chart" viewBox="0 0 ${W} 60">${g}<text x="10" y="44">no data yet</text></svg>`;
-  const lo = Math.min(0, ...vals), hi = Math.max(0, ...vals);
-  const span = hi - lo || 1;
-  const sx = (v) => L + ((v - lo) / span) * (W - L - R);
-  bars.forEach((b, i) => {
-    const y = T + i * rowH;
-    g += `<text x="${L - 8}" y="${y + 19}" text-anchor="end">${esc(b.label)}</text>`;
-    if (Number.isFinite(b.value)) {
-      const a = sx(Math.min(0, b.value)), z = sx(Math.max(0, b.value));
-      g += `<rect x="${a}" y="${y + 6}" width="${Math.max(1, z - a)}" height="${rowH - 12}" fill="${b.color}" rx="2"/>`;
-      g += `<text x="${z + 6}" y="${y + 19}">${esc(fmt(b.value))}</text>`;
-    } else {
-      g += `<text x="${L + 4}" y="${y + 19}">-</text>`;
-    }
-  });
-  g += `<line class="axis" x1="${sx(0)}" x2="${sx(0)}" y1="${T}" y2="${H - 8}"/>`;
-  return `<svg class="chart" viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(title)}">${g}</svg>`;
+function barTraces(bars, fmt) {
+  const shown = bars.filter((b) => Number.isFinite(b.value));
+  if (!shown.length) return [];
+  return [{
+    type: "bar",
+    orientation: "h",
+    y: shown.map((b) => plotText(b.label)),
+    x: shown.map((b) => b.value),
+    text: shown.map((b) => fmt(b.value)),
+    textposition: "outside",
+    cliponaxis: false,
+    marker: { color: shown.map((b) => b.color) },
+    hovertemplate: "%{y}: %{text}<extra></extra>",
+    meta: { role: "bars", labels: shown.map((b) => b.label) },
+  }];
 }
-
-// Mean and min-max band over seeds, on the union of steps; each seed is
-// interpolated linearly inside its own range (servers may downsample seeds
-// at different steps).
-function meanBand(seriesList) {
-  const runs = seriesList.filter((s) => s && s.steps.length);
-  if (!runs.length) return { points: [], band: [] };
-  const steps = Array.from(new Set(runs.flatMap((s) => s.steps))).sort((a, b) => a - b);
-  const at = (s, x) => {
-    const xs = s.steps, ys = s.values;
-    if (x < xs[0] || x > xs[xs.length - 1]) return null;
-    let i = 0;
-    while (i < xs.length - 1 && xs[i + 1] < x) i++;
-    if (xs[i] === x) return ys[i];
-    if (i + 1 >= xs.length) return ys[i];
-    const t = (x - xs[i]) / (xs[i + 1] - xs[i]);
-    return ys[i] + t * (ys[i + 1] - ys[i]);
-  };
-  const points = [], band = [];
-  for (const x of steps) {
-    const vals = runs.map((s) => at(s, x)).filter((v) => v !== null && Number.isFinite(v));
-    if (!vals.length) continue;
-    const mean = vals.reduce((a, b) => a + b, 0) / vals.length;
-    points.push([x, mean]);
-    band.push([x, Math.min(...vals), Math.max(...vals)]);
-  }
-  return { points, band: runs.length > 1 ? band : [] };
+function barLayout(title, traces) {
+  const layout = chartLayout(title, "", { empty: !traces.length, height: 90 + 34 * (traces.length ? traces[0].y.length : 1) });
+  layout.xaxis.title.text = "";
+  layout.xaxis.zeroline = true;
+  layout.yaxis.type = "category";
+  layout.yaxis.autorange = "reversed";
+  layout.yaxis.automargin = true;
+  layout.hovermode = "closest";
+  layout.showlegend = false;
+  layout.margin = { l: 20, r: 60, t: 40, b: 30 };
+  return layout;
 }
 
 function seriesOf(history, name) {
   return (history.series || []).find((s) => s.name === name);
 }
-function pointsOf(history, name, scale = 1) {
+function line(history, name, label, color, extra = {}) {
   const s = seriesOf(history, name);
-  return s ? s.steps.map((x, i) => [x, s.values[i] * scale]) : [];
+  return { label, color, metric: name, steps: s ? s.steps : [], values: s ? s.values : [], ...extra };
 }
 
 // ------------------------------------------------------------------ live refresh
@@ -346,6 +411,18 @@ function kpi(label, value, field) {
   return `<div class="kpi"><div class="label">${esc(label)}</div><div class="value" data-field="${esc(field || label)}">${esc(value)}</div></div>`;
 }
 
+// The chart pages build their frame once and then refresh its parts: the charts are
+// redrawn in place (Plotly.react), so a zoom or a hidden trace survives a live refresh.
+function chartFrame(content, key, build) {
+  if (content.dataset.frame !== key) {
+    content.dataset.frame = key;
+    content.replaceChildren();
+    LOSS_CHARTS.clear();
+    build(content);
+  }
+}
+function chartCard(id) { return el("div", { class: "card" }, el("div", { class: "chart", id })); }
+
 async function renderJob() {
   const id = OBJECT_ID;
   const [job, hist] = await Promise.all([
@@ -359,11 +436,12 @@ async function renderJob() {
   const opt = job.spec && job.spec.optimizer ? job.spec.optimizer.name : "-";
   const comp = job.comparison_id ? ` · comparison <a href="/comparisons/${esc(job.comparison_id)}">${esc(job.comparison_id)}</a> (arm ${esc(job.arm)}, seed ${esc(job.seed)})` : "";
   const elapsed = job.started_at ? ((job.finished_at ? new Date(job.finished_at) : new Date()) - new Date(job.started_at)) / 1000 : null;
-  const memSeries = [];
-  if (seriesOf(hist, M.rss)) memSeries.push({ label: "peak RSS (MiB)", color: COLORS[0], points: pointsOf(hist, M.rss, 1 / 1048576), markers: true });
-  if (seriesOf(hist, M.alloc)) memSeries.push({ label: "peak allocated (MiB)", color: COLORS[1], points: pointsOf(hist, M.alloc, 1 / 1048576), markers: true });
-  if (seriesOf(hist, M.reserved)) memSeries.push({ label: "peak reserved (MiB)", color: COLORS[2], points: pointsOf(hist, M.reserved, 1 / 1048576), markers: true });
-  document.getElementById("content").innerHTML = `
+  const content = document.getElementById("content");
+  chartFrame(content, "job", (c) => c.append(
+    el("div", { id: "job-head" }),
+    el("div", { class: "toolbar" }, logToggleEl()),
+    el("div", { class: "grid" }, chartCard("chart-loss"), chartCard("chart-tps"), chartCard("chart-mem"), chartCard("chart-time"))));
+  content.querySelector("#job-head").innerHTML = `
     <h1>${esc(job.name)} ${statusBadge(job.status)}</h1>
     <p class="meta">job ${esc(job.id)} · optimizer ${esc(opt)} · owner ${esc(job.owner)} · created ${esc(fmtTime(job.created_at))}${comp}${hist.downsampled ? " · curves downsampled" : ""}</p>
     ${job.status_reason ? `<p class="reason">${esc(job.status_reason)}</p>` : ""}
@@ -376,22 +454,30 @@ async function renderJob() {
       ${kpi("optimizer state", fmtBytes(state ? state.value : null), M.state)}
       ${kpi("parameters", fmtNum(params ? params.value : null, 4), M.params)}
       ${kpi("elapsed", fmtDuration(elapsed), "elapsed")}
-    </div>
-    <div class="grid">
-      <div class="card" id="chart-loss">${lineChart("loss", [
-        { label: "train loss", color: COLORS[0], points: pointsOf(hist, M.loss) },
-        { label: "validation loss", color: COLORS[1], points: pointsOf(hist, M.val), markers: true },
-      ])}</div>
-      <div class="card" id="chart-tps">${lineChart("throughput (tokens/s)", [
-        { label: "tokens/s", color: COLORS[2], points: pointsOf(hist, M.tps) },
-      ])}</div>
-      <div class="card" id="chart-mem">${lineChart("memory (MiB)", memSeries)}</div>
-      <div class="card" id="chart-time">${lineChart("step time (s)", [
-        { label: "step", color: COLORS[3], points: pointsOf(hist, M.step) },
-        { label: "optimizer share", color: COLORS[4], points: pointsOf(hist, M.optstep) },
-      ])}</div>
     </div>`;
+  const MiB = 1 / 1048576;
+  const charts = [
+    ["chart-loss", "loss", "loss (nats/token)", [
+      line(hist, M.loss, "train loss", COLORS[0]),
+      line(hist, M.val, "validation loss", COLORS[1], { markers: true }),
+    ], true],
+    ["chart-tps", "throughput", "tokens/s", [line(hist, M.tps, "tokens/s", COLORS[2])], false],
+    ["chart-mem", "memory", "MiB", [
+      line(hist, M.rss, "peak RSS", COLORS[0], { markers: true, scale: MiB }),
+      line(hist, M.alloc, "peak allocated", COLORS[1], { markers: true, scale: MiB }),
+      line(hist, M.reserved, "peak reserved", COLORS[2], { markers: true, scale: MiB }),
+    ], false],
+    ["chart-time", "step time", "seconds", [
+      line(hist, M.step, "step", COLORS[3]),
+      line(hist, M.optstep, "optimizer share", COLORS[4]),
+    ], false],
+  ];
+  // the next refresh is timed by the server's answer, not by the browser's drawing
   schedule(() => guarded(renderJob), !TERMINAL.has(job.status));
+  await Promise.all(charts.map(([cid, title, yTitle, lines, isLoss]) => {
+    const traces = lineTraces(lines);
+    return drawChart(cid, traces, chartLayout(title, yTitle, { empty: !traces.length }), isLoss);
+  }));
 }
 
 // ------------------------------------------------------------------ comparison page
@@ -405,18 +491,13 @@ function speedupText(arm, baseline) {
 
 async function renderComparison() {
   const id = OBJECT_ID;
-  const comp = await api(`/v1/comparisons/${encodeURIComponent(id)}`);
+  const [comp, curves] = await Promise.all([
+    api(`/v1/comparisons/${encodeURIComponent(id)}`),
+    api(`/v1/comparisons/${encodeURIComponent(id)}/curves`),
+  ]);
   document.title = `${comp.name} · ALTO comparison`;
-  const histories = {};
-  await Promise.all(comp.arms.flatMap((arm) => arm.job_ids.map(async (jid) => {
-    histories[jid] = await api(`/v1/jobs/${encodeURIComponent(jid)}/metrics?names=${encodeURIComponent(M.loss + "," + M.val)}&max_points=1000`);
-  })));
   const color = {};
   comp.arms.forEach((a, i) => { color[a.name] = COLORS[i % COLORS.length]; });
-  const curve = (name) => comp.arms.map((arm) => {
-    const mb = meanBand(arm.job_ids.map((j) => histories[j] && seriesOf(histories[j], name)));
-    return { label: `${arm.name}${arm.job_ids.length > 1 ? ` (mean, min–max of ${arm.job_ids.length} seeds)` : ""}`, color: color[arm.name], points: mb.points, band: mb.band, markers: name === M.val };
-  });
   const rows = comp.arms.map((a) => {
     const isBase = a.name === comp.baseline;
     return `<tr data-arm="${esc(a.name)}"><td>${esc(a.name)}${isBase ? " <em>(baseline)</em>" : ""}</td><td>${statusBadge(a.status)}</td>
@@ -430,21 +511,37 @@ async function renderComparison() {
       ${cell("optimizer_state_bytes_ratio", a.optimizer_state_bytes_ratio, `${fmtBytes(a.optimizer_state_bytes)} (${fmtRatio(a.optimizer_state_bytes_ratio)})`)}
       <td>${a.job_ids.map((j) => `<a href="/jobs/${esc(j)}">${shortId(j)}</a>`).join(" ")}</td></tr>`;
   });
-  document.getElementById("content").innerHTML = `
+  const content = document.getElementById("content");
+  chartFrame(content, "comparison", (c) => c.append(
+    el("div", { id: "comparison-head" }),
+    el("div", { class: "card scroll", id: "summary-card" }),
+    el("div", { class: "toolbar" }, logToggleEl(),
+      el("span", { class: "meta", id: "band-note" }, "curves: mean over seeds, band mean ± std (the plot.png's numbers)")),
+    el("div", { class: "grid" }, chartCard("chart-val"), chartCard("chart-train"), chartCard("chart-mem"), chartCard("chart-state"))));
+  content.querySelector("#comparison-head").innerHTML = `
     <h1>${esc(comp.name)} ${statusBadge(comp.status)}</h1>
-    <p class="meta">comparison ${esc(comp.id)} · baseline ${esc(comp.baseline)} · seeds ${esc(comp.seeds.join(", "))} · owner ${esc(comp.owner)} · created ${esc(fmtTime(comp.created_at))}</p>
-    <div class="card scroll"><h2>Summary</h2><table id="summary"><thead><tr><th>arm</th><th>status</th>
+    <p class="meta">comparison ${esc(comp.id)} · baseline ${esc(comp.baseline)} · seeds ${esc(comp.seeds.join(", "))} · owner ${esc(comp.owner)} · created ${esc(fmtTime(comp.created_at))}</p>`;
+  content.querySelector("#summary-card").innerHTML = `<h2>Summary</h2><table id="summary"><thead><tr><th>arm</th><th>status</th>
       <th class="num">final val loss</th><th class="num">best val loss</th><th class="num">Δ vs baseline</th>
       <th class="num">to baseline loss</th><th class="num">wall time to it</th><th class="num">tokens/s</th>
       <th class="num">peak memory</th><th class="num">optimizer state</th><th>jobs</th></tr></thead>
-      <tbody>${rows.join("")}</tbody></table></div>
-    <div class="grid">
-      <div class="card" id="chart-val">${lineChart("validation loss", curve(M.val))}</div>
-      <div class="card" id="chart-train">${lineChart("training loss", curve(M.loss))}</div>
-      <div class="card" id="chart-mem">${barChart("peak-memory overhead vs baseline (%)", comp.arms.map((a) => ({ label: a.name, value: a.peak_memory_overhead_pct, color: color[a.name] })), (v) => fmtSigned(v, 3, "%"))}</div>
-      <div class="card" id="chart-state">${barChart("optimizer-state bytes ratio vs baseline", comp.arms.map((a) => ({ label: a.name, value: a.optimizer_state_bytes_ratio, color: color[a.name] })), fmtRatio)}</div>
-    </div>`;
+      <tbody>${rows.join("")}</tbody></table>`;
+  const lossTraces = (metric) => curves.arms.flatMap((arm) => {
+    const curve = arm.curves.find((c) => c.metric === metric);
+    return curve ? bandTraces(arm.name, curve, color[arm.name] || COLORS[0], metric === M.val) : [];
+  });
+  const bars = (field) => comp.arms.map((a) => ({ label: a.name, value: a[field], color: color[a.name] }));
+  const memBars = barTraces(bars("peak_memory_overhead_pct"), (v) => fmtSigned(v, 3, "%"));
+  const stateBars = barTraces(bars("optimizer_state_bytes_ratio"), fmtRatio);
   schedule(() => guarded(renderComparison), !TERMINAL.has(comp.status));
+  await Promise.all([
+    ...[["chart-val", M.val, "validation loss"], ["chart-train", M.loss, "training loss"]].map(([cid, metric, title]) => {
+      const traces = lossTraces(metric);
+      return drawChart(cid, traces, chartLayout(title, "loss (nats/token)", { empty: !traces.length }), true);
+    }),
+    drawChart("chart-mem", memBars, barLayout("peak-memory overhead vs baseline (%)", memBars)),
+    drawChart("chart-state", stateBars, barLayout("optimizer-state bytes ratio vs baseline", stateBars)),
+  ]);
 }
 
 // ------------------------------------------------------------------ DOM building
