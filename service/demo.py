@@ -2,8 +2,9 @@
 
 It starts the embedded service (``alto serve``: SQLite and a local Ray head) as
 a child process with a fresh admin token, submits the ``tiny-moe-cpu``
-comparison of ALTO (paper defaults) against AdamW, shows live progress, prints
-the comparison table, writes the plot and an HTML report, and prints the
+comparison of ALTO against AdamW (each at the learning rate the CPU study in
+``configs/study-tiny-cpu.yaml`` selected), shows live progress, prints the
+comparison table, writes the plot and an HTML report, and prints the
 dashboard URL. The service runs as a child so that stopping the demo (or a
 crash in it) always takes the service and its Ray head down with it.
 """
@@ -38,6 +39,10 @@ READY_TIMEOUT_S = 180.0
 
 class DemoError(AltoError):
     """The demo could not run (no spec found, service did not start)."""
+
+
+STUDY_SPEC = "configs/study-tiny-cpu.yaml"
+"""The study that chose the demo's learning rates (README, "Studies")."""
 
 
 def find_demo_spec(explicit: Path | None) -> Path:
@@ -171,13 +176,25 @@ def run_demo(
     console.print(
         f"spec {spec_file} · {spec.training.steps} steps · global batch "
         f"{spec.training.global_batch_size} · {spec.resources.workers} workers · "
-        f"arms alto (paper defaults) vs adamw · {seeds} seed(s) · data {data_dir}"
+        f"arms {_arms_text(spec, shipped=spec_path is None)} · {seeds} seed(s) · data {data_dir}"
     )
     try:
         return _run(spec, seeds, data_dir, port, keep_serving, console, started)
     except KeyboardInterrupt:
         console.print("interrupted: the service and its Ray head stopped, and the jobs with them")
         return False
+
+
+def _arms_text(spec: JobSpec, *, shipped: bool) -> str:
+    """Which learning rates the demo compares, and where the shipped ones come from."""
+    alto_lr = spec.optimizer.lr if spec.optimizer.name == "alto" else None
+    text = (
+        f"alto (lr {alto_lr or spec.training.lr:g}, paper alpha/beta1) vs adamw "
+        f"(lr {spec.training.lr:g})"
+    )
+    if shipped:
+        text += f", both tuned at batch {spec.training.global_batch_size} by {STUDY_SPEC}"
+    return text
 
 
 def _run(
