@@ -14,14 +14,17 @@ from enum import Enum
 from typing import Any
 
 from alto_client.models import TERMINAL_STATUSES, Job, JobStatus, LatestMetric
-from sqlalchemy import Row, Select, bindparam, func, literal, select, text, update
+from sqlalchemy import Row, Select, bindparam, func, literal, select, text, tuple_, update
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from service import rollups
 from service.db.tables import (
+    MEDIAN_METRIC,
     ComparisonRow,
     JobRow,
     JobTag,
+    MetricRollupRow,
     MetricRow,
     StudyRow,
     UTCDateTime,
@@ -138,17 +141,19 @@ def request_cancel(s: Session, seq: int) -> CancelOutcome:
 
 DELETE_BATCH = 20_000
 _METRICS = MetricRow.__table__
+_ROLLUPS = MetricRollupRow.__table__
 
 
 def delete_jobs(
     s: Session, seqs: list[int], comparison_seq: int | None = None, study_seq: int | None = None
 ) -> int:
     """Delete ended jobs `seqs` (and comparison `comparison_seq`, or study `study_seq`)
-    with their metric points and tags; returns the number of points deleted.
+    with their metric points, rollups and tags; returns the number of points deleted.
 
     Points go first, `DELETE_BATCH` at a time, each batch its own transaction, so a
     long history does not hold SQLite's write lock (and every uploader) for seconds.
     Interrupted, it leaves ended jobs with fewer points, and deleting again finishes.
+    Rollups go the same way after the points (and with their job, ON DELETE CASCADE).
     """
     batch = (
         _METRICS.delete()
@@ -162,6 +167,19 @@ def delete_jobs(
         )
         .execution_options(synchronize_session=False)
     )
+    r = _ROLLUPS.c
+    rollup_batch = (
+        _ROLLUPS.delete()
+        .where(
+            r.job_seq == bindparam("seq"),
+            tuple_(r.level, r.name, r.bucket).in_(
+                select(r.level, r.name, r.bucket)
+                .where(r.job_seq == bindparam("seq"))
+                .limit(DELETE_BATCH)
+            ),
+        )
+        .execution_options(synchronize_session=False)
+    )
     points = 0
     for seq in seqs:
         while True:
@@ -170,6 +188,9 @@ def delete_jobs(
             points += n
             if n < DELETE_BATCH:
                 break
+        while s.execute(rollup_batch, {"seq": seq}).rowcount >= DELETE_BATCH:
+            s.commit()
+        s.commit()
     # tags go with their jobs, and jobs with their comparison or study (ON DELETE CASCADE)
     if study_seq is not None:
         s.execute(_JOBS.delete().where(_JOBS.c.study_seq == study_seq))
@@ -303,7 +324,9 @@ def insert_points(s: Session, job_seq: int, points: Iterable[tuple[int, str, flo
     Returns the number of new rows. On PostgreSQL the batch is COPYed into a temporary
     table and merged with one INSERT ... ON CONFLICT DO NOTHING (several times faster
     than row-wise parameters); elsewhere a multi-row INSERT with RETURNING counts what
-    was new. NaN is stored as NULL on SQLite, which cannot hold NaN.
+    was new. NaN is stored as NULL on SQLite, which cannot hold NaN. The points really
+    inserted are folded into the job's rollups (`service.rollups`) in the same
+    transaction.
     """
     if s.get_bind().dialect.name == "postgresql":
         return _insert_points_postgres(s, job_seq, points)
@@ -319,15 +342,18 @@ def insert_points(s: Session, job_seq: int, points: Iterable[tuple[int, str, flo
     ]
     if not rows:
         return 0
+    c = MetricRow.__table__.c
     stmt = (
         sqlite.insert(MetricRow.__table__)
         .on_conflict_do_nothing(index_elements=["job_seq", "name", "step"])
-        .returning(MetricRow.__table__.c.id)
+        .returning(c.step, c.name, c.value, c.time)
     )
     # RETURNING yields only the rows really inserted (executemany's rowcount is not
-    # reliable across drivers); SQLAlchemy batches this into multi-row INSERTs
-    result = s.connection().execute(stmt, rows)
-    return len(result.all())
+    # reliable across drivers); SQLAlchemy batches this into multi-row INSERTs. Only
+    # those rows feed the rollups, so a re-posted point is not counted twice.
+    inserted = [tuple(r) for r in s.connection().execute(stmt, rows)]
+    rollups.add_points(s, job_seq, inserted)  # type: ignore[arg-type]
+    return len(inserted)
 
 
 _PG_STAGE = (
@@ -338,7 +364,7 @@ _PG_STAGE = (
 _PG_MERGE = (
     "INSERT INTO metric_points (job_seq, step, name, value, time) "
     "SELECT %s, step, name, value, time FROM alto_metric_stage "
-    "ON CONFLICT (job_seq, name, step) DO NOTHING"
+    "ON CONFLICT (job_seq, name, step) DO NOTHING RETURNING step, name, value, time"
 )
 
 
@@ -357,9 +383,10 @@ def _insert_points_postgres(
         if n == 0:
             return 0
         cur.execute(_PG_MERGE, (job_seq,))
-        inserted = cur.rowcount
+        inserted = cur.fetchall()  # only the rows really inserted feed the rollups
         cur.execute("TRUNCATE alto_metric_stage")
-    return max(inserted, 0)
+    rollups.add_points(s, job_seq, inserted)
+    return len(inserted)
 
 
 # --------------------------------------------------------------------------- reads
@@ -483,6 +510,10 @@ _POINT = (MetricRow.job_seq, MetricRow.name, MetricRow.step, MetricRow.value, Me
 _FINITE = MetricRow.value.between(-sys.float_info.max, sys.float_info.max)
 
 
+CURVE_POINTS = 1000
+"""How many points a long curve of a comparison or study plot is read at (rollups)."""
+
+
 def compared_points(
     s: Session,
     seqs: list[int],
@@ -492,31 +523,27 @@ def compared_points(
     last: tuple[str, ...],
     medians: tuple[str, ...],
     peaks: tuple[str, ...],
+    coarse: tuple[str, ...] = (),
+    max_points: int = CURVE_POINTS,
 ) -> list[Row[Any]]:
     """(job_seq, name, step, value, time) points of jobs `seqs`, only what a comparison
     summary reads: the whole series of `curves`, the first point of `first`, the last of
     `last`, the middle finite values of `medians` (their median is the series'; the sort
-    runs in the database) and, for `peaks`, each job's largest finite value as one point.
-    A 100k-step run has about half a million points; this reads a few thousand."""
-    points: list[Any] = list(
-        s.execute(
+    runs in the database) and, for `peaks`, each job's largest finite value as one point
+    (from the rollups). `coarse` curves (what a plot draws) come whole when they have at
+    most `max_points` points, else as at most `max_points` rollup buckets: each bucket's
+    last step and time with the mean of its finite values (`service.rollups`); they come
+    after every other point, so a caller that sorts stably by (job, name, step) and keeps
+    the first point of a step keeps the exact first and last points. A 100k-step run has about half a million points; this reads a few thousand."""
+    points: list[Any] = []
+    if curves:
+        points += s.execute(
             select(*_POINT)
             .where(MetricRow.job_seq.in_(seqs), MetricRow.name.in_(curves))
             .order_by(MetricRow.job_seq, MetricRow.name, MetricRow.step)
         )
-    )
     if peaks:
-        points += s.execute(
-            select(
-                MetricRow.job_seq,
-                MetricRow.name,
-                func.max(MetricRow.step),
-                func.max(MetricRow.value),
-                func.max(MetricRow.time),
-            )
-            .where(MetricRow.job_seq.in_(seqs), MetricRow.name.in_(peaks), _FINITE)
-            .group_by(MetricRow.job_seq, MetricRow.name)
-        )
+        points += rollups.peaks(s, seqs, peaks)
     for seq in seqs:
         for name in first:
             points += _edge_point(s, seq, name, first=True)
@@ -524,7 +551,29 @@ def compared_points(
             points += _edge_point(s, seq, name, first=False)
         for name in medians:
             points += _middle_points(s, seq, name)
+    if coarse:  # last, so a stable sort puts an exact first or last point before a bucket's
+        points += _coarse_points(s, seqs, coarse, max_points)
     return points
+
+
+def _coarse_points(
+    s: Session, seqs: list[int], names: tuple[str, ...], max_points: int
+) -> list[Any]:
+    out: list[Any] = []
+    for seq in seqs:
+        for info in rollups.series_info(s, seq, None, names):
+            if info.n <= max_points:
+                out += s.execute(
+                    select(*_POINT)
+                    .where(MetricRow.job_seq == seq, MetricRow.name == info.name)
+                    .order_by(MetricRow.step)
+                )
+                continue
+            out += [
+                (seq, info.name, b.last_step, b.mean, b.last_time)
+                for b in rollups.rolled_series(s, seq, info, max_points)
+            ]
+    return out
 
 
 def _edge_point(s: Session, seq: int, name: str, *, first: bool) -> list[Any]:
@@ -534,14 +583,29 @@ def _edge_point(s: Session, seq: int, name: str, *, first: bool) -> list[Any]:
     return list(s.execute(q.order_by(order).limit(1)))
 
 
+# the median metric's name is written into the SQL: a partial index is used only for
+# a query whose WHERE names its condition literally (a bound parameter does not match)
+_MEDIAN_SQL = text(
+    "SELECT job_seq, name, step, value, time FROM metric_points "
+    f"WHERE job_seq = :seq AND name = '{MEDIAN_METRIC}' AND value BETWEEN :lo AND :hi "
+    "ORDER BY value LIMIT :limit OFFSET :offset"
+)
+
+
 def _middle_points(s: Session, seq: int, name: str) -> list[Any]:
-    """The one or two middle finite values of the job's `name` in value order."""
-    where = (MetricRow.job_seq == seq, MetricRow.name == name, _FINITE)
-    n = s.scalar(select(func.count()).where(*where)) or 0
+    """The one or two middle finite values of the job's `name` in value order: for
+    `MEDIAN_METRIC` a walk along its partial index (ix_metric_median), otherwise a sort."""
+    n = rollups.finite_count(s, seq, name)  # counting the raw points reads them all
     if n == 0:
         return []
+    offset, limit = (n - 1) // 2, 2 - n % 2
+    if name == MEDIAN_METRIC:
+        bounds = {"lo": -sys.float_info.max, "hi": sys.float_info.max}
+        params = {"seq": seq, "limit": limit, "offset": offset, **bounds}
+        return list(s.execute(_MEDIAN_SQL, params))
+    where = (MetricRow.job_seq == seq, MetricRow.name == name, _FINITE)
     q = select(*_POINT).where(*where).order_by(MetricRow.value, MetricRow.step)
-    return list(s.execute(q.offset((n - 1) // 2).limit(2 - n % 2)))
+    return list(s.execute(q.offset(offset).limit(limit)))
 
 
 # --------------------------------------------------------------------------- studies

@@ -79,16 +79,17 @@ def study_runs(s: Session, row: StudyRow, *, curves: bool = False) -> list[Study
     points = compared_points(
         s,
         list(by_seq),
-        curves=(VAL_LOSS, TRAIN_LOSS) if curves else (VAL_LOSS,),
-        first=() if curves else (TRAIN_LOSS,),
-        last=(OPTIM_STATE_BYTES, VAL_LOSS_SEM) + (() if curves else (TRAIN_LOSS,)),
+        curves=(VAL_LOSS,),
+        first=(TRAIN_LOSS,),
+        coarse=(TRAIN_LOSS,) if curves else (),  # the plot's curves, from rollups
+        last=(OPTIM_STATE_BYTES, VAL_LOSS_SEM, TRAIN_LOSS),  # exact: divergence checks it
         medians=(TRAIN_TOKENS_PER_S,),
         peaks=(MEM_PEAK_ALLOCATED_BYTES, MEM_PEAK_RSS_BYTES),
     )
     for job_seq, name, step, value, t in sorted(points, key=lambda p: (p[0], p[1], p[2])):
         series = by_seq[job_seq].series.setdefault(name, Series())
         if series.steps and series.steps[-1] == step:
-            continue  # the first and the last point of a one-point series
+            continue  # an exact first or last point read twice, or again as a bucket
         series.steps.append(step)
         series.values.append(math.nan if value is None else value)
         series.times.append(t)

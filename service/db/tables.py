@@ -24,8 +24,11 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+MEDIAN_METRIC = "train/tokens_per_s"  # alto_client.metrics.TRAIN_TOKENS_PER_S
 
 # SQLite only auto-increments INTEGER PRIMARY KEY columns; BigInteger elsewhere.
 BigIntPK = BigInteger().with_variant(Integer(), "sqlite")
@@ -206,4 +209,46 @@ class MetricRow(Base):
     __table_args__ = (
         UniqueConstraint("job_seq", "name", "step", name="uq_metric_job_name_step"),
         Index("ix_metric_job_id", "job_seq", "id"),
+        # a comparison's median throughput walks this to its middle instead of sorting
+        # the whole series (a partial index: only the one metric pays for it at ingest)
+        Index(
+            "ix_metric_median",
+            "job_seq",
+            "value",
+            sqlite_where=text(f"name = '{MEDIAN_METRIC}'"),
+            postgresql_where=text(f"name = '{MEDIAN_METRIC}'"),
+        ),
     )
+
+
+ROLLUP_LEVELS = tuple(range(4, 17))
+"""Each metric is also kept in buckets of 2**k steps for these k (16 to 65,536 steps)."""
+
+
+class MetricRollupRow(Base):
+    """One bucket of a metric at one resolution: the points with step >> level == bucket.
+
+    Written with the raw points (`service.repo.insert_points`), from the points really
+    inserted, so re-posted points are not counted twice. `n` counts every point; `vn`,
+    `vsum`, `vmin` and `vmax` only finite values (NULL when there are none); `last_*`
+    is the point at the bucket's largest step, as stored (NULL for NaN, infinities kept).
+    """
+
+    __tablename__ = "metric_rollups"
+
+    # key order (job, level, name, bucket): a level's metric names and a metric's
+    # buckets are both one range of the primary key
+    job_seq: Mapped[int] = mapped_column(
+        ForeignKey("jobs.seq", ondelete="CASCADE"), primary_key=True
+    )
+    level: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    vn: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    vsum: Mapped[float] = mapped_column(Float, nullable=False)
+    vmin: Mapped[float | None] = mapped_column(Float, nullable=True)
+    vmax: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_step: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    last_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    last_time: Mapped[float] = mapped_column(Float, nullable=False)

@@ -48,6 +48,7 @@ from service.deps import (
 from service.errors import ApiError, field_errors
 from service.plot import render_comparison
 from service.repo import (
+    CURVE_POINTS,
     TERMINAL,
     compared_points,
     comparison_by_id,
@@ -161,15 +162,18 @@ def _idempotent_answer(
     return _summary(s, row)
 
 
-def _runs(s: Session, row: ComparisonRow, *, curves: bool) -> dict[str, list[RunData]]:
+def _runs(
+    s: Session, row: ComparisonRow, *, curves: bool, max_points: int = CURVE_POINTS
+) -> dict[str, list[RunData]]:
     """Every job's compared metrics, grouped by arm in the comparison's arm order.
 
     Only what `service.compare.summarize` reads: validation loss in full, the first
     training-loss point (the run's time origin), the middle throughput values (their
     median is the run's), the largest memory values and the last optimizer-state size;
-    `curves=True` adds the whole training-loss curve (the plot draws both losses). A
-    100k-step run has about half a million points, and the dashboard asks for the
-    summary every few seconds.
+    `curves=True` adds the training-loss curve (the plot draws both losses), whole up
+    to `max_points` points and from the rollups beyond (at most `max_points` bucket
+    means, at each bucket's last step; `service.rollups`). A 100k-step run has about
+    half a million points, and the dashboard asks for the summary every few seconds.
     """
     arms: dict[str, list[RunData]] = {name: [] for name in row.arms}
     by_seq: dict[int, RunData] = {}
@@ -182,14 +186,18 @@ def _runs(s: Session, row: ComparisonRow, *, curves: bool) -> dict[str, list[Run
     points = compared_points(
         s,
         list(by_seq),
-        curves=(VAL_LOSS, TRAIN_LOSS) if curves else (VAL_LOSS,),
-        first=() if curves else (TRAIN_LOSS,),  # the run's time origin
+        curves=(VAL_LOSS,),  # whole: final values and first reach need every point
+        first=(TRAIN_LOSS,),  # the run's time origin
+        coarse=(TRAIN_LOSS,) if curves else (),  # at most max_points points, from rollups
+        max_points=max_points,
         last=(OPTIM_STATE_BYTES,),
         medians=(TRAIN_TOKENS_PER_S,),
         peaks=(MEM_PEAK_ALLOCATED_BYTES, MEM_PEAK_RSS_BYTES),
     )
-    for job_seq, name, step, value, t in points:
+    for job_seq, name, step, value, t in sorted(points, key=lambda p: (p[0], p[1], p[2])):
         series = by_seq[job_seq].series.setdefault(name, Series())
+        if series.steps and series.steps[-1] == step:
+            continue  # the exact first point, and the bucket that ends there
         series.steps.append(step)
         series.values.append(float("nan") if value is None else value)
         series.times.append(t)
@@ -290,7 +298,9 @@ def get_comparison_curves(
     dashboard shows. Seeds are interpolated onto the union of their steps, each within
     its own range; `n` says how many seeds contribute at each step."""
     row = _load(s, principal, comparison_id)
-    arms = _runs(s, row, curves=True)
+    # long curves come from the rollups at no fewer points than asked (service.curves
+    # then downsamples what it gets)
+    arms = _runs(s, row, curves=True, max_points=max(max_points, CURVE_POINTS))
     return comparison_curves(row.id, row.baseline, arms, arm_bands(arms, max_points=max_points))
 
 

@@ -38,7 +38,6 @@ from service.deps import (
     bearer,
     listed_owner,
 )
-from service.downsample import keep_indices
 from service.errors import ApiError
 from service.guard import INGEST_SEQ_KEY, UNAUTHORIZED_HEADERS
 from service.ingest import METRIC_BATCH_REF, ingest_upload
@@ -57,6 +56,7 @@ from service.repo import (
     request_cancel,
     to_wire,
 )
+from service.rollups import rolled_series, series_info
 from service.submit import (
     check_fits,
     check_idempotency_key,
@@ -256,8 +256,11 @@ def job_metrics(
         int | None, Query(ge=2, le=100_000, description="downsample each series to this")
     ] = None,
 ) -> MetricHistory:
-    """Metric histories; series longer than max_points are downsampled on the server
-    (first, last and per-bucket extremes are kept) and say so."""
+    """Metric histories; a series longer than max_points comes from the ingest-time
+    rollups instead and says so (`downsampled`): one point per bucket of 2**k steps, at
+    the bucket's last step, valued the mean of its finite values, with the bucket's
+    minimum and maximum in `mins`/`maxs`; k is the finest level that gives at most
+    max_points buckets over the series' steps (docs/service.md, "Long runs")."""
     row = load_job(s, principal, job_id)
     limit = max_points or state.settings.max_points_default
     wanted: list[str] | None = None
@@ -270,28 +273,31 @@ def job_metrics(
                 f"names: {bad[0]!r} is not a metric name (letters, digits and _.:/- only)",
                 [FieldError(loc=["query", "names"], msg=f"not a metric name: {bad[0]!r}")],
             )
-    grouped: dict[str, tuple[list[int], list[float | None], list[float]]] = {}
-    for name, step, value, t in metric_points(s, row.seq, wanted, since_step):
-        steps, values, times = grouped.setdefault(name, ([], [], []))
-        steps.append(step)
-        values.append(finite_or_none(value))
-        times.append(t)
     series = []
-    for name, (steps, values, times) in grouped.items():
-        keep = keep_indices(values, limit)
-        down = len(keep) < len(steps)
-        if down:
-            steps = [steps[i] for i in keep]
-            values = [values[i] for i in keep]
-            times = [times[i] for i in keep]
+    for info in series_info(s, row.seq, since_step, wanted):
+        if info.n <= limit:  # fits: every point, exactly
+            steps, values, times = [], [], []
+            for _name, step, value, t in metric_points(s, row.seq, [info.name], since_step):
+                steps.append(step)
+                values.append(finite_or_none(value))
+                times.append(t)
+            series.append(
+                MetricSeries(
+                    name=info.name, steps=steps, values=values, times=times, total_points=info.n
+                )
+            )
+            continue
+        buckets = rolled_series(s, row.seq, info, limit, since_step)
         series.append(
             MetricSeries(
-                name=name,
-                steps=steps,
-                values=values,
-                times=times,
-                total_points=len(grouped[name][0]),
-                downsampled=down,
+                name=info.name,
+                steps=[b.last_step for b in buckets],
+                values=[finite_or_none(b.mean) for b in buckets],
+                times=[b.last_time for b in buckets],
+                total_points=info.n,
+                downsampled=True,
+                mins=[b.vmin for b in buckets],
+                maxs=[b.vmax for b in buckets],
             )
         )
     return MetricHistory(

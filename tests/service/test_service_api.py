@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+import pytest
 from svc_fakes import tiny_spec
 
 
@@ -248,8 +249,11 @@ def test_metric_history_filters_and_downsampling(svc):
     s = small["series"][0]
     assert small["downsampled"] is True and s["downsampled"] is True
     assert len(s["steps"]) <= 100 and s["total_points"] == 5000
-    assert s["steps"][0] == 1 and s["steps"][-1] == 5000
-    assert 50.0 in s["values"] and -3.0 in s["values"]
+    # rollups of 2**6 steps (2**5 would give 157 buckets): each point is a bucket's last
+    # step with the mean of its values, and the bucket's extremes in mins/maxs
+    assert len(s["steps"]) == 79 and s["steps"][0] == 63 and s["steps"][-1] == 5000
+    assert s["steps"][1] == 127 and s["values"][1] == pytest.approx(sum(values[63:127]) / 64)
+    assert 50.0 in s["maxs"] and -3.0 in s["mins"]  # spikes survive as extremes
     assert s["steps"] == sorted(s["steps"])
     since = svc.client.get(f"{url}?since_step=4998&names=train/loss,val/loss", headers=svc.alice)
     series = {x["name"]: x["steps"] for x in since.json()["series"]}
