@@ -472,27 +472,35 @@ def comparison_by_key(s: Session, owner: str, key: str) -> ComparisonRow | None:
     )
 
 
-def comparisons_page(
-    s: Session, *, owner: str | None, limit: int, cursor: int | None
-) -> tuple[list[ComparisonRow], dict[int, list[str]], bool]:
-    """Comparisons newest first, one page; each one's job statuses; whether more follow."""
-    q = select(ComparisonRow).order_by(ComparisonRow.seq.desc()).limit(limit + 1)
+def _groups_page(
+    s: Session, model: Any, job_key: Any, *, owner: str | None, limit: int, cursor: int | None
+) -> tuple[list[Any], dict[int, list[str]], bool]:
+    """Rows of a group table (comparisons, studies) newest first, one page; each one's
+    job statuses (through the jobs' `job_key` column); whether more follow."""
+    q = select(model).order_by(model.seq.desc()).limit(limit + 1)
     if owner is not None:
-        q = q.where(ComparisonRow.owner == owner)
+        q = q.where(model.owner == owner)
     if cursor is not None:
-        q = q.where(ComparisonRow.seq < cursor)
+        q = q.where(model.seq < cursor)
     rows = list(s.scalars(q).all())
     more = len(rows) > limit
     rows = rows[:limit]
     statuses: dict[int, list[str]] = {row.seq: [] for row in rows}
     if rows:
         for seq, status in s.execute(
-            select(JobRow.comparison_seq, JobRow.status).where(
-                JobRow.comparison_seq.in_(list(statuses))
-            )
+            select(job_key, JobRow.status).where(job_key.in_(list(statuses)))
         ):
             statuses[seq].append(status)
     return rows, statuses, more
+
+
+def comparisons_page(
+    s: Session, *, owner: str | None, limit: int, cursor: int | None
+) -> tuple[list[ComparisonRow], dict[int, list[str]], bool]:
+    """Comparisons newest first, one page; each one's job statuses; whether more follow."""
+    return _groups_page(
+        s, ComparisonRow, JobRow.comparison_seq, owner=owner, limit=limit, cursor=cursor
+    )
 
 
 def comparison_jobs(s: Session, comparison_seq: int) -> list[Row[Any]]:
@@ -626,21 +634,7 @@ def studies_page(
     s: Session, *, owner: str | None, limit: int, cursor: int | None
 ) -> tuple[list[StudyRow], dict[int, list[str]], bool]:
     """Studies newest first, one page; each one's job statuses; whether more follow."""
-    q = select(StudyRow).order_by(StudyRow.seq.desc()).limit(limit + 1)
-    if owner is not None:
-        q = q.where(StudyRow.owner == owner)
-    if cursor is not None:
-        q = q.where(StudyRow.seq < cursor)
-    rows = list(s.scalars(q).all())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    statuses: dict[int, list[str]] = {row.seq: [] for row in rows}
-    if rows:
-        for seq, status in s.execute(
-            select(JobRow.study_seq, JobRow.status).where(JobRow.study_seq.in_(list(statuses)))
-        ):
-            statuses[seq].append(status)
-    return rows, statuses, more
+    return _groups_page(s, StudyRow, JobRow.study_seq, owner=owner, limit=limit, cursor=cursor)
 
 
 def study_jobs(s: Session, study_seq: int) -> list[Row[Any]]:

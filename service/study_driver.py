@@ -40,7 +40,7 @@ from service.repo import (
     set_study_phase,
 )
 from service.study_analysis import StudyRun, select_best
-from service.study_plan import final_jobs
+from service.study_plan import PlannedJob, final_jobs
 from service.submit import new_job_row
 
 log = logging.getLogger(__name__)
@@ -119,13 +119,18 @@ def _start_final_phase(s: Session, row: StudyRow) -> None:
         s.rollback()  # someone else moved it on (a cancel, or another pass)
         return
     for job in planned:
-        job_row = new_job_row(job.spec, row.owner, study=row, arm=job.arm)
-        job_row.study_role = "final"
-        job_row.batch_size = job.batch_size
-        job_row.trial = job.trial
-        job_row.params = job.params
-        s.add(job_row)
+        s.add(study_job_row(job, row))
     s.commit()
+
+
+def study_job_row(job: PlannedJob, study: StudyRow) -> JobRow:
+    """A PENDING job row of `study` for one planned job, placed in the study."""
+    job_row = new_job_row(job.spec, study.owner, study=study, arm=job.arm)
+    job_row.study_role = job.role
+    job_row.batch_size = job.batch_size
+    job_row.trial = job.trial
+    job_row.params = job.params
+    return job_row
 
 
 def advance_study(s: Session, seq: int) -> None:

@@ -37,13 +37,14 @@ from service.study_analysis import summarize_study
 from service.study_driver import (
     TUNING,
     cancel_study,
+    study_job_row,
     study_request,
     study_runs,
     study_status,
 )
 from service.study_plan import CostModel, PlannedJob, batch_spec, make_plan, trial_jobs
 from service.study_plot import render_study
-from service.submit import check_fits, check_idempotency_key, check_spec, new_job_row
+from service.submit import check_fits, check_idempotency_key, check_spec
 
 router = APIRouter(prefix="/v1/studies", tags=["studies"], route_class=CheckedJSONRoute)
 
@@ -171,12 +172,7 @@ def create_study(
     )
     s.add(row)
     for job in jobs:
-        job_row = new_job_row(job.spec, principal.owner, study=row, arm=job.arm)
-        job_row.study_role = "trial"
-        job_row.batch_size = job.batch_size
-        job_row.trial = job.trial
-        job_row.params = job.params
-        s.add(job_row)
+        s.add(study_job_row(job, row))
     try:
         s.commit()
     except IntegrityError:
