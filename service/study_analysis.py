@@ -381,9 +381,12 @@ def summarize_study(request: StudyRequest, runs: list[StudyRun]) -> StudySummary
                 edges = _on_edge(arm, trials, chosen.params)
                 res.on_edge = list(edges)
                 for fld, side in edges.items():
+                    lo, hi = arm.search[fld].bounds
+                    word = "highest" if side == "top" else "lowest"
                     findings.append(
                         f"batch {bs}: {name}'s best {fld} {chosen.params[fld]:g} is the "
-                        f"{side} of its range: widen the search"
+                        f"{word} value tried (range {lo:g}..{hi:g}): the optimum may lie "
+                        f"beyond it; widen or shift the range, or add trials"
                     )
             elif trials and all(r.status in _TERMINAL for r in trials):
                 findings.append(f"batch {bs}: no {name} trial finished without diverging")

@@ -258,9 +258,10 @@ def test_chosen_trial_and_on_edge() -> None:
     alto16 = arm_result(summary, 16, "alto")
     assert alto16.chosen == {"lr": 1e-1} and alto16.chosen_trial == 2
     assert alto16.on_edge == ["lr"]
-    assert "batch 16: alto's best lr 0.1 is the top of its range: widen the search" in (
-        summary.findings
-    )
+    assert (
+        "batch 16: alto's best lr 0.1 is the highest value tried (range 0.001..0.1): the "
+        "optimum may lie beyond it; widen or shift the range, or add trials"
+    ) in (summary.findings)
     # batch 64: the diverged trial (lr 1e-2, the top value tried) is not chosen; the
     # chosen 1e-3 is neither the lowest nor the highest value tried
     adamw64 = arm_result(summary, 64, "adamw")
@@ -281,7 +282,7 @@ def test_on_edge_bottom_and_single_value() -> None:
     ]
     summary = summarize_study(req, runs)
     assert arm_result(summary, 16, "adamw").on_edge == ["lr"]
-    assert any("bottom of its range" in f for f in summary.findings)
+    assert any("lowest value tried" in f for f in summary.findings)
     # one distinct value tried: no range to be at the edge of
     assert arm_result(summary, 16, "alto").on_edge == []
 
