@@ -182,9 +182,14 @@ def _curves_panel(ax: Axes, request: StudyRequest, runs: list[StudyRun]) -> None
 
 
 def render_study(
-    name: str, summary: StudySummary, request: StudyRequest, runs: list[StudyRun]
+    name: str,
+    summary: StudySummary,
+    request: StudyRequest,
+    runs: list[StudyRun],
+    fmt: str = "png",
 ) -> bytes:
-    """The study's figure as PNG bytes (Agg canvas: no display, thread-safe use)."""
+    """The study's figure as PNG (or `fmt`: svg, pdf) bytes (Agg canvas: no display,
+    thread-safe use)."""
     fig = Figure(figsize=(12, 9), dpi=100)
     FigureCanvasAgg(fig)
     (ax_loss, ax_tune), (ax_scale, ax_curves) = fig.subplots(2, 2)
@@ -195,5 +200,5 @@ def render_study(
     fig.suptitle(f"{name}: {', '.join(a.name for a in request.arms)} (baseline {request.baseline})")
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format=fmt)
     return buf.getvalue()
