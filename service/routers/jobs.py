@@ -38,6 +38,7 @@ from service.deps import (
     bearer,
     listed_owner,
 )
+from service.downsample import keep_indices
 from service.errors import ApiError
 from service.guard import INGEST_SEQ_KEY, UNAUTHORIZED_HEADERS
 from service.ingest import METRIC_BATCH_REF, ingest_upload
@@ -56,7 +57,7 @@ from service.repo import (
     request_cancel,
     to_wire,
 )
-from service.rollups import rolled_series, series_info
+from service.rollups import ROLLUP_LEVELS, rolled_series, series_info
 from service.submit import (
     check_fits,
     check_idempotency_key,
@@ -256,8 +257,11 @@ def job_metrics(
         int | None, Query(ge=2, le=100_000, description="downsample each series to this")
     ] = None,
 ) -> MetricHistory:
-    """Metric histories; a series longer than max_points comes from the ingest-time
-    rollups instead and says so (`downsampled`): one point per bucket of 2**k steps, at
+    """Metric histories; a series longer than max_points is downsampled and says so
+    (`downsampled`). When the rollups' finest buckets (16 steps) would give fewer than
+    max_points points (and the series has at most `RAW_DOWNSAMPLE_MAX`), it is read and
+    decimated (first, last, per-bucket minimum and maximum kept); a longer one comes from
+    the ingest-time rollups: one point per bucket of 2**k steps, at
     the bucket's last step, valued the mean of its finite values, with the bucket's
     minimum and maximum in `mins`/`maxs`; k is the finest level that gives at most
     max_points buckets over the series' steps (docs/service.md, "Long runs")."""
@@ -275,15 +279,26 @@ def job_metrics(
             )
     series = []
     for info in series_info(s, row.seq, since_step, wanted):
-        if info.n <= limit:  # fits: every point, exactly
+        if info.n <= max(limit, min(limit << ROLLUP_LEVELS[0], RAW_DOWNSAMPLE_MAX)):
             steps, values, times = [], [], []
             for _name, step, value, t in metric_points(s, row.seq, [info.name], since_step):
                 steps.append(step)
                 values.append(finite_or_none(value))
                 times.append(t)
+            downsampled = info.n > limit
+            if downsampled:  # the rollups' finest buckets would leave too few points
+                keep = keep_indices(values, limit)
+                steps = [steps[i] for i in keep]
+                values = [values[i] for i in keep]
+                times = [times[i] for i in keep]
             series.append(
                 MetricSeries(
-                    name=info.name, steps=steps, values=values, times=times, total_points=info.n
+                    name=info.name,
+                    steps=steps,
+                    values=values,
+                    times=times,
+                    total_points=info.n,
+                    downsampled=downsampled,
                 )
             )
             continue
@@ -303,6 +318,11 @@ def job_metrics(
     return MetricHistory(
         job_id=row.id, series=series, downsampled=any(x.downsampled for x in series)
     )
+
+
+RAW_DOWNSAMPLE_MAX = 20_000
+"""The most points a history decimates from its raw points (a few ms) rather than read
+from the rollups, whose finest buckets (16 steps) would flatten a short series."""
 
 
 def ingest_job_seq_dep(request: Request, job_id: Annotated[str, JOB_ID]) -> int:

@@ -21,7 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
-from alto_client import errors, models
+from alto_client import errors, models, study
 from alto_client.client import AsyncClient, Client
 from alto_client.models import JobStatus
 from alto_client.spec import JobSpec, SpecError
@@ -34,7 +34,15 @@ pytestmark = pytest.mark.timeout(180)
 EXTRA = "x_added_by_a_newer_server"
 EXTRA_VALUE = {"nested": [1, {"deep": True}], "note": "ignore me"}
 
-REQUEST_MODELS = {models.Arm, models.ComparisonRequest}
+REQUEST_MODELS = {
+    models.Arm,
+    models.ComparisonRequest,
+    study.StudyRequest,
+    study.StudyArm,
+    study.SearchRange,
+    study.Budget,
+    study.Tuning,
+}
 
 ROUTES: list[tuple[str, str, type[BaseModel]]] = [
     ("GET", r"/v1/jobs", models.JobList),
@@ -45,12 +53,20 @@ ROUTES: list[tuple[str, str, type[BaseModel]]] = [
     ("GET", r"/v1/comparisons", models.ComparisonList),
     ("POST", r"/v1/comparisons", models.Comparison),
     ("GET", r"/v1/comparisons/[^/]+", models.Comparison),
+    ("GET", r"/v1/comparisons/[^/]+/curves", models.ComparisonCurves),
+    ("POST", r"/v1/studies/plan", study.StudyPlan),
+    ("POST", r"/v1/studies", study.Study),
+    ("GET", r"/v1/studies", study.StudyList),
+    ("GET", r"/v1/studies/[^/]+", study.Study),
+    ("POST", r"/v1/studies/[^/]+/cancel", study.Study),
 ]
 
 
 def response_models() -> set[type[BaseModel]]:
-    """Every model of ``alto_client.models`` that a server sends (not the requests)."""
+    """Every model of ``alto_client.models`` and ``alto_client.study`` that a server
+    sends (not the requests)."""
     public = [getattr(models, name) for name in models.__all__]
+    public += [getattr(study, name) for name in study.__all__]
     found = {obj for obj in public if isinstance(obj, type) and issubclass(obj, BaseModel)}
     return found - REQUEST_MODELS
 
@@ -177,6 +193,37 @@ def every_call(client: Any) -> None:
     assert client.comparison(comp.id).id == comp.id
     assert comp.id in [c.id for c in client.comparisons(limit=5)]
     assert client.comparisons_page(limit=1).items[0].id == comp.id
+    curves = client.comparison_curves(comp.id)
+    assert {a.name for a in curves.arms} == {"alto", "adamw"}
+    study_body = {
+        "spec": spec,
+        "arms": [
+            {
+                "name": "alto",
+                "optimizer": {"name": "alto"},
+                "search": {"lr": {"low": 1e-3, "high": 1e-2}},
+            },
+            {
+                "name": "adamw",
+                "optimizer": {"name": "adamw"},
+                "search": {"lr": {"low": 1e-4, "high": 1e-3}},
+            },
+        ],
+        "batch_sizes": [8],
+        "budget": {"steps": 12},
+        "tuning": {"trials": 1},
+        "seeds": [0],
+        "baseline": "adamw",
+    }
+    assert client.plan_study(study_body).jobs == 4
+    started = client.submit_study(study_body)
+    ended = client.wait_study(started.id, timeout=120, poll_interval=0.2)
+    assert ended.phase == "done" and ended.batches[0].arms[0].trials
+    assert client.study(started.id).id == started.id
+    assert started.id in [s.id for s in client.studies(limit=5)]
+    assert client.studies_page(limit=1).items[0].id == started.id
+    with pytest.raises(errors.Conflict):
+        client.cancel_study(started.id)  # it has ended
     long_job = client.submit({**spec, "training": {**spec["training"], "steps": 5000}})
     assert client.cancel(long_job.id).id == long_job.id
     with pytest.raises(errors.ValidationFailed) as bad:
