@@ -374,9 +374,20 @@ def test_service_imports_without_torch_or_ray() -> None:
     """The service image has neither torch nor ray: every service module must import
     with both absent (the service talks to Ray over HTTP)."""
     script = r"""
-import importlib, json, pkgutil, sys
-sys.modules["torch"] = None
-sys.modules["ray"] = None
+import importlib, importlib.abc, json, pkgutil, sys
+
+
+# torch and ray as the image has them: not installed (a None in sys.modules would also
+# block them, but libraries such as scipy read sys.modules["torch"] directly)
+class Absent(importlib.abc.MetaPathFinder):
+
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "ray"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
+sys.meta_path.insert(0, Absent())
 import service
 failed = {}
 for info in pkgutil.walk_packages(service.__path__, "service."):

@@ -25,18 +25,43 @@ from service.settings import Settings
 POSTGRES_URL = os.environ.get("ALTO_TEST_POSTGRES_URL")
 ADMIN_TOKEN = "alto_test_admin_token_0123456789"
 
-TABLES = ("metric_points", "job_tags", "jobs", "comparisons", "studies", "api_tokens")
+TABLES = (
+    "metric_rollups",
+    "metric_points",
+    "job_tags",
+    "jobs",
+    "comparisons",
+    "studies",
+    "api_tokens",
+)
 
 BACKENDS = ["sqlite"]
 if POSTGRES_URL:
     BACKENDS.append("postgresql")
 
 
+def _head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    from service.db.migrate import MIGRATIONS_DIR
+
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    assert head is not None
+    return head
+
+
 def _reset_postgres(url: str) -> None:
+    """Empty the test database; one left at another schema revision (a reused server,
+    an interrupted run) is dropped whole, and the app migrates it from scratch."""
     engine = create_engine(url)
     with engine.begin() as conn:
-        exists = conn.execute(text("SELECT to_regclass('public.jobs')")).scalar()
-        if exists:
+        version = None
+        if conn.execute(text("SELECT to_regclass('public.alembic_version')")).scalar():
+            version = conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        if version is not None and version != _head_revision():
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+        elif conn.execute(text("SELECT to_regclass('public.jobs')")).scalar():
             conn.execute(text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE"))
     engine.dispose()
 
