@@ -74,6 +74,16 @@ API answers all mean these). Members are `str`s too, so ``"FAILED" in
 TERMINAL_STATUSES`` holds and the set can go straight into a SQL ``NOT IN``."""
 
 
+def check_seeds(seeds: list[int]) -> list[int]:
+    """Seeds of a comparison or study: distinct, each in [0, 2**31)."""
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct, got {seeds}")
+    for s in seeds:
+        if not 0 <= s < 2**31:
+            raise ValueError(f"every seed must be in [0, 2**31), got {s}")
+    return seeds
+
+
 class _Request(BaseModel):
     """What a client sends: unknown fields are an error (a typo must not pass silently)."""
 
@@ -187,12 +197,7 @@ class ComparisonRequest(_Request):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
-        for s in seeds:
-            if not 0 <= s < 2**31:
-                raise ValueError(f"every seed must be in [0, 2**31), got {s}")
-        return seeds
+        return check_seeds(seeds)
 
     @model_validator(mode="after")
     def _arms_and_baseline(self) -> ComparisonRequest:

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, field_validator, model_validator
 
-from alto_client.models import JobStatus, _Request, _Response
+from alto_client.models import JobStatus, _Request, _Response, check_seeds
 from alto_client.spec import AdamWSpec, AltoSpec, ESpec, JobSpec, OptimizerSpec
 from alto_client.spec.problems import (
     SpecError,
@@ -259,12 +259,7 @@ class StudyRequest(_Request):
     @field_validator("seeds")
     @classmethod
     def _distinct_seeds(cls, seeds: list[int]) -> list[int]:
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds must be distinct, got {seeds}")
-        for s in seeds:
-            if not 0 <= s < 2**31:
-                raise ValueError(f"every seed must be in [0, 2**31), got {s}")
-        return seeds
+        return check_seeds(seeds)
 
     @model_validator(mode="wrap")
     @classmethod
