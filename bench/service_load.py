@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -276,13 +278,18 @@ async def drive(url: str, data_dir: Path, args: argparse.Namespace) -> dict[str,
     return out
 
 
-def bench_backend(
-    label: str, database_url: str | None, args: argparse.Namespace
-) -> dict[str, Phase]:
-    data_dir = Path(tempfile.mkdtemp(prefix=f"alto-bench-{label}-"))
+@contextlib.contextmanager
+def running_server(
+    label: str, database_url: str | None, data_dir: Path | None = None
+) -> Iterator[tuple[str, Path]]:
+    """The real service (`serve`, uvicorn) in a subprocess on a free loopback port:
+    yields (its URL, its data directory) once /healthz answers, and stops it after.
+    `SERVER` is that process while it runs (for `server_cpu`)."""
+    data_dir = data_dir or Path(tempfile.mkdtemp(prefix=f"alto-bench-{label}-"))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, __file__, "--serve", str(port), "--data-dir", str(data_dir)]
+    script = str(Path(__file__).resolve())
+    cmd = [sys.executable, script, "--serve", str(port), "--data-dir", str(data_dir)]
     if database_url:
         cmd += ["--database-url", database_url]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -300,14 +307,22 @@ def bench_backend(
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"service for {label} did not start")
             time.sleep(0.2)
-        return asyncio.run(drive(url, data_dir, args))
+        yield url, data_dir
     finally:
+        SERVER = None
         proc.terminate()
         try:
             proc.wait(10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+def bench_backend(
+    label: str, database_url: str | None, args: argparse.Namespace
+) -> dict[str, Phase]:
+    with running_server(label, database_url) as (url, data_dir):
+        return asyncio.run(drive(url, data_dir, args))
 
 
 def reset_postgres(url: str) -> None:

@@ -47,6 +47,7 @@ from service.deps import (
 )
 from service.errors import ApiError, field_errors
 from service.plot import render_comparison
+from service.render_cache import cache_of, data_version, etag_matches
 from service.repo import (
     CURVE_POINTS,
     TERMINAL,
@@ -257,12 +258,22 @@ def list_comparisons(
 
 @router.get("/{comparison_id}", response_model=Comparison, responses=ERRORS)
 def get_comparison(
-    comparison_id: Annotated[str, COMPARISON_ID], principal: PrincipalDep, s: SessionDep
+    comparison_id: Annotated[str, COMPARISON_ID],
+    principal: PrincipalDep,
+    s: SessionDep,
+    request: Request,
 ) -> Comparison:
     """Per arm: status, final/best validation loss (mean, spread), difference to the
     baseline, steps and time to reach the baseline's final loss, throughput ratio,
     memory overhead and optimizer-state ratio."""
-    return _summary(s, _load(s, principal, comparison_id))
+    row = _load(s, principal, comparison_id)
+    # computed again only when a job's status or points changed (service.render_cache)
+    key = ("summary", row.id, _data_version(s, row))
+    return cache_of(request.app.state).get_or_compute(key, lambda: _summary(s, row))
+
+
+def _data_version(s: Session, row: ComparisonRow) -> str:
+    return data_version(s, [(job.seq, job.status) for job in row.jobs])
 
 
 @router.delete("/{comparison_id}", status_code=204, response_class=Response, responses=ERRORS)
@@ -310,16 +321,36 @@ def get_comparison_curves(
     responses={**ERRORS, 200: {"content": {"image/png": {}}}},
 )
 async def comparison_plot(
-    comparison_id: Annotated[str, COMPARISON_ID], principal: PrincipalDep, state: StateDep
+    comparison_id: Annotated[str, COMPARISON_ID],
+    principal: PrincipalDep,
+    state: StateDep,
+    request: Request,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Loss curves of all arms (mean with a band over seeds) and the memory overhead."""
+    """Loss curves of all arms (mean with a band over seeds) and the memory overhead.
 
-    def draw() -> bytes:
+    The ETag is the comparison's data version (its jobs' statuses and stored points):
+    a request with a matching If-None-Match gets 304, and an unchanged plot is drawn
+    once per server process (`service.render_cache`)."""
+    cache = cache_of(request.app.state)
+
+    def draw() -> tuple[str, bytes | None]:
         with state.factory() as s:
             row = _load(s, principal, comparison_id)
-            arms = _runs(s, row, curves=True)
-            summaries = summarize(arms, row.baseline)
-            return render_comparison(row.name, arm_bands(arms), summaries, row.baseline)
+            version = _data_version(s, row)
+            etag = f'"{version}"'
+            if etag_matches(if_none_match, etag):
+                return etag, None
 
-    png = await run_in_threadpool(draw)
-    return Response(png, media_type="image/png")
+            def render() -> bytes:
+                arms = _runs(s, row, curves=True)
+                summaries = summarize(arms, row.baseline)
+                return render_comparison(row.name, arm_bands(arms), summaries, row.baseline)
+
+            return etag, cache.get_or_compute(("plot.png", row.id, version), render)
+
+    etag, png = await run_in_threadpool(draw)
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if png is None:
+        return Response(status_code=304, headers=headers)
+    return Response(png, media_type="image/png", headers=headers)

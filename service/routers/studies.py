@@ -31,6 +31,7 @@ from service.deps import (
     listed_owner,
 )
 from service.errors import ApiError, field_errors
+from service.render_cache import cache_of, data_version, etag_matches
 from service.repo import TERMINAL, delete_jobs, studies_page, study_by_id, study_by_key, study_jobs
 from service.state import ServiceState
 from service.study_analysis import summarize_study
@@ -318,17 +319,38 @@ def delete_study(
     responses={**ERRORS, 200: {"content": {"image/png": {}}}},
 )
 async def study_plot(
-    study_id: Annotated[str, STUDY_ID], principal: PrincipalDep, state: StateDep
+    study_id: Annotated[str, STUDY_ID],
+    principal: PrincipalDep,
+    state: StateDep,
+    request: Request,
+    if_none_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Final loss per arm against batch size (95% CIs), tuning curves, steps to the
-    common target on log-log axes with the perfect-scaling line, and loss curves."""
+    common target on log-log axes with the perfect-scaling line, and loss curves.
 
-    def draw() -> bytes:
+    The ETag is the study's data version (its phase and its jobs' statuses and points):
+    a matching If-None-Match gets 304, and an unchanged plot is drawn once per server
+    process (`service.render_cache`)."""
+    cache = cache_of(request.app.state)
+
+    def draw() -> tuple[str, bytes | None]:
         with state.factory() as s:
             row = _load(s, principal, study_id)
-            req = study_request(row)
-            runs = study_runs(s, row, curves=True)
-            return render_study(row.name, summarize_study(req, runs), req, runs)
+            extra = f"{row.phase}|{row.updated_at.isoformat()}|{row.chosen!r}"
+            version = data_version(s, [(job.seq, job.status) for job in row.jobs], extra)
+            etag = f'"{version}"'
+            if etag_matches(if_none_match, etag):
+                return etag, None
 
-    png = await run_in_threadpool(draw)
-    return Response(png, media_type="image/png")
+            def render() -> bytes:
+                req = study_request(row)
+                runs = study_runs(s, row, curves=True)
+                return render_study(row.name, summarize_study(req, runs), req, runs)
+
+            return etag, cache.get_or_compute(("study.png", row.id, version), render)
+
+    etag, png = await run_in_threadpool(draw)
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if png is None:
+        return Response(status_code=304, headers=headers)
+    return Response(png, media_type="image/png", headers=headers)
