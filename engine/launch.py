@@ -15,10 +15,12 @@ from pathlib import Path
 from alto_client.spec import JobSpec
 
 from engine.preflight import preflight
-from engine.reporting import METRICS_FILE
+from engine.reporting import METRICS_FILE, OFFSET_FILE
+from engine.storage import RunStorageConfig, StorageConfigError
 
 FAULT_ENV = "ALTO_ENGINE_FAULT"
-"""Test hook: ``STEP[:RANK]`` kills that worker with SIGKILL once, after STEP."""
+"""Test hook: ``STEP[:RANK[:wipe]]`` kills that worker with SIGKILL once, after STEP;
+``wipe`` first deletes rank 0's local metric spool, as if rank 0's node were lost too."""
 
 _WORKER_ENV = {
     # megatron warns at import about missing TE/apex and deprecations, per process
@@ -77,21 +79,71 @@ def fault_from_env(run_dir: Path) -> dict | None:
     value = os.environ.get(FAULT_ENV)
     if not value:
         return None
-    step, _, rank = value.partition(":")
-    return {"step": int(step), "rank": int(rank or 0), "marker": str(run_dir / ".fault_injected")}
+    step, _, rest = value.partition(":")
+    rank, _, mode = rest.partition(":")
+    fault = {"step": int(step), "rank": int(rank or 0), "marker": str(run_dir / ".fault_injected")}
+    if mode == "wipe":
+        fault["wipe"] = [str(run_dir / METRICS_FILE), str(run_dir / OFFSET_FILE)]
+    elif mode:
+        raise ValueError(f"{FAULT_ENV}: unknown mode {mode!r} (wipe)")
+    return fault
 
 
-def launch(spec: JobSpec, run_dir: Path, *, start_ray: bool = True) -> RunResult:
-    """Pre-flight, then train with Ray Train; blocks until the job ends."""
+def storage_config(
+    spec: JobSpec, run_dir: Path, storage: RunStorageConfig | None
+) -> tuple[dict, dict | None]:
+    """RunConfig's storage arguments and the workers' view of the run storage.
+
+    No object store: Ray Train's files go to ``run_dir/ray`` as before. With one, to
+    ``s3://bucket/prefix/<job id>/`` (the job id checked to be one path segment, so a
+    job never writes outside the operator's prefix); the store is checked first so that
+    a wrong endpoint or a missing bucket fails the job at once, with the bucket named.
+    """
+    if storage is None:
+        return {"storage_path": str(run_dir / "ray")}, None
+    from engine.storage import check_reachable, filesystem, job_key
+
+    job_path = storage.job_path(job_key(spec, run_dir))
+    fs = filesystem(storage)
+    check_reachable(storage, fs)
+    worker_view = {
+        "bucket": storage.bucket,
+        "prefix": storage.prefix,
+        "endpoint_url": storage.endpoint_url,
+        "region": storage.region,
+        "job_path": job_path,
+    }
+    return {"storage_path": job_path, "storage_filesystem": fs}, worker_view
+
+
+def launch(
+    spec: JobSpec,
+    run_dir: Path,
+    *,
+    start_ray: bool = True,
+    storage: RunStorageConfig | str | None = "env",
+) -> RunResult:
+    """Pre-flight, then train with Ray Train; blocks until the job ends.
+
+    `storage`: where checkpoints and the spool's copy go; by default what the
+    environment names (ALTO_RUN_STORAGE, ALTO_S3_ENDPOINT_URL, ALTO_S3_REGION), None for
+    the run directory. A storage setting that is wrong or unreachable fails the run.
+    """
+    run_dir = run_dir.resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
+    try:  # before the data: a wrong setting or an unreachable store fails at once
+        if storage == "env":
+            storage = RunStorageConfig.from_env()
+        storage_args, storage_view = storage_config(spec, run_dir, storage)
+    except StorageConfigError as exc:
+        return RunResult(run_dir, False, str(exc), 0.0)
+    preflight(spec)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from engine.worker.loop import train_loop
 
-    run_dir = run_dir.resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.json").write_text(spec.model_dump_json(indent=2))
-    preflight(spec)
     r = spec.resources
     if start_ray:
         ensure_ray(max(float(os.cpu_count() or 1), r.workers * r.cpus_per_worker + 1))
@@ -102,6 +154,7 @@ def launch(spec: JobSpec, run_dir: Path, *, start_ray: bool = True) -> RunResult
             "spec": spec.model_dump_json(),
             "run_dir": str(run_dir),
             "fault": fault_from_env(run_dir),
+            "storage": storage_view,
         },
         torch_config=TorchConfig(backend="nccl" if gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -111,7 +164,7 @@ def launch(spec: JobSpec, run_dir: Path, *, start_ray: bool = True) -> RunResult
         ),
         run_config=RunConfig(
             name="train",
-            storage_path=str(run_dir / "ray"),
+            **storage_args,
             failure_config=FailureConfig(max_failures=r.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),

@@ -120,6 +120,10 @@ class ServiceReporter:
             self._wake.set()
         return self.pending_bytes() == 0
 
+    def acked_offset(self) -> int:
+        """Bytes of the spool the service has acknowledged."""
+        return self._offset()
+
     def pending_bytes(self) -> int:
         size = self.metrics_path.stat().st_size if self.metrics_path.exists() else 0
         return max(0, size - self._offset())

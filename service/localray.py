@@ -225,8 +225,12 @@ class LocalRayHead:
         log_path: Path | None = None,
         startup_timeout_s: float = 120.0,
         data_dir: Path | None = None,
+        node_env: dict[str, str] | None = None,
     ) -> None:
         self.num_cpus = num_cpus
+        #: variables the head's processes (and so every job's workers) get: the run
+        #: storage's credentials, which must never travel in a job's runtime_env
+        self.node_env = dict(node_env or {})
         self.log_path = log_path
         self.startup_timeout_s = startup_timeout_s
         self._scratch = data_dir is None
@@ -396,6 +400,7 @@ class LocalRayHead:
         # the engine installed) even when its virtualenv is not activated
         bindir = str(Path(sys.executable).parent)
         env["PATH"] = os.pathsep.join([bindir, env.get("PATH", "")])
+        env.update(self.node_env)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
         self._log = out if self.log_path else None
         self._proc = subprocess.Popen(

@@ -73,7 +73,9 @@ def serve(host: str = "127.0.0.1", port: int = 8000, settings: Settings | None =
         address = resolve_ray_address(settings)
         if address is None:
             head = LocalRayHead(
-                log_path=Path(settings.data_dir) / "ray-head.log", data_dir=settings.data_dir
+                log_path=Path(settings.data_dir) / "ray-head.log",
+                data_dir=settings.data_dir,
+                node_env=settings.node_env(),
             )
             print(
                 f"starting a local Ray head (log: {head.log_path}) ...", file=sys.stderr, flush=True

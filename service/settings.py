@@ -11,7 +11,14 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from alto_client.runstorage import (
+    RunStorageConfig,
+    StorageConfigError,
+    parse_endpoint_url,
+    parse_region,
+    parse_storage_uri,
+)
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 OWNER_PLACEHOLDER = "{owner}"
@@ -130,6 +137,28 @@ class Settings(BaseSettings):
         description="Start-up seconds of one job (Ray job, workers, imports, data), for "
         "study cost estimates.",
     )
+    run_storage: str | None = Field(
+        default=None,
+        description="Object store for checkpoints and the metric spool's copy, as "
+        "s3://bucket/prefix (any S3-compatible store); each job writes under "
+        "<prefix>/<job id>/. Unset: each job's run directory on the node (one machine only).",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="http(s)://host:port of an S3-compatible server (MinIO, Ceph, "
+        "GCS interoperability); unset for AWS S3.",
+    )
+    s3_region: str | None = Field(default=None, description="Region of the bucket.")
+    s3_access_key_id: str | None = Field(
+        default=None,
+        description="Access key for the run storage, given to the local Ray head's "
+        "environment (never to a job's): with an external Ray cluster, put credentials "
+        "on its nodes instead (docs/deploy.md).",
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        default=None,
+        description="Secret key that goes with s3_access_key_id (same rules).",
+    )
     max_points_default: int = Field(default=2000, ge=2)
     sse_poll_interval_s: float = Field(default=0.5, gt=0, le=10)
     sse_max_duration_s: float = Field(default=3600.0, gt=0)
@@ -154,6 +183,40 @@ class Settings(BaseSettings):
                 raise ValueError(f"data_roots: {root!r} may hold '{{owner}}' once at most")
         return roots
 
+    @field_validator("run_storage")
+    @classmethod
+    def _storage_uri(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        bucket, prefix = parse_storage_uri(value, "run_storage")
+        return f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return parse_endpoint_url(value, "s3_endpoint_url") if value and value.strip() else None
+
+    @field_validator("s3_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        return parse_region(value, "s3_region") if value and value.strip() else None
+
+    @model_validator(mode="after")
+    def _storage_complete(self) -> Settings:
+        stray = [
+            name
+            for name in ("s3_endpoint_url", "s3_region", "s3_access_key_id", "s3_secret_access_key")
+            if getattr(self, name) is not None
+        ]
+        if stray and self.run_storage is None:
+            raise ValueError(
+                f"{', '.join(stray)} set without run_storage: set run_storage "
+                "(ALTO_RUN_STORAGE=s3://bucket/prefix) or unset them"
+            )
+        if (self.s3_access_key_id is None) != (self.s3_secret_access_key is None):
+            raise ValueError("s3_access_key_id and s3_secret_access_key go together")
+        return self
+
     @field_validator("cluster_cache_dir")
     @classmethod
     def _absolute_cache(cls, value: str | None) -> str | None:
@@ -177,7 +240,29 @@ class Settings(BaseSettings):
         env = {"ALTO_DATA_ROOTS": os.pathsep.join(self.roots_for(owner))}
         if self.cluster_cache_dir:
             env["ALTO_CACHE_DIR"] = self.cluster_cache_dir
+        storage = self.storage_config()
+        if storage is not None:  # where, never with what key: jobs' env is public on Ray
+            env.update(storage.to_env())
         return env
+
+    def storage_config(self) -> RunStorageConfig | None:
+        """The run storage these settings name (already validated), or None."""
+        if self.run_storage is None:
+            return None
+        try:
+            return RunStorageConfig.parse(self.run_storage, self.s3_endpoint_url, self.s3_region)
+        except StorageConfigError as exc:  # pragma: no cover - the validators ran first
+            raise ValueError(str(exc)) from None
+
+    def node_env(self) -> dict[str, str]:
+        """Credentials for the Ray nodes the service starts itself (the local head):
+        its processes, and so every job's workers, inherit them; no job carries them."""
+        if self.s3_access_key_id is None or self.s3_secret_access_key is None:
+            return {}
+        return {
+            "AWS_ACCESS_KEY_ID": self.s3_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.s3_secret_access_key.get_secret_value(),
+        }
 
     def resolved_database_url(self) -> str:
         """The database URL to use: the given one, or SQLite in the data directory."""

@@ -24,7 +24,8 @@ from alto_client import metrics as M
 from alto_client.spec import JobSpec
 
 from engine.data.prepare import prepare_data
-from engine.reporting import MetricLog, ServiceReporter, points_at
+from engine.reporting import OFFSET_FILE, MetricLog, ServiceReporter, points_at
+from engine.storage import ObjectSpool, last_step, read_spool_state, write_spool_state
 from engine.worker.checkpoint import load_checkpoint, save_checkpoint
 from engine.worker.data import build_datasets, micro_batches
 from engine.worker.model import build_model, count_parameters, wrap_ddp
@@ -270,19 +271,29 @@ def train_loop(config: dict) -> None:
     rank0 = trainer.rank == 0
 
     start_step = 0
+    acked_at_checkpoint = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             start_step = load_checkpoint(
                 Path(ckpt_dir), trainer.model, trainer.optimizer, trainer.scheduler
             )
+            acked_at_checkpoint = read_spool_state(Path(ckpt_dir))
 
     metric_log = MetricLog(run_dir) if rank0 else None
+    spool = _object_spool(config.get("storage")) if rank0 else None
     reporter = None
+    spool_from = 0  # the local spool's bytes already copied to the object store
     if rank0:
+        restored = None
+        if spool is not None and start_step and last_step(metric_log.path) < start_step:
+            # rank 0 runs on a node without the spool (another node, a fresh disk)
+            restored = _restore_spool(spool, metric_log, start_step, acked_at_checkpoint)
         metric_log.truncate_after(start_step)
+        spool_from = metric_log.path.stat().st_size if metric_log.path.exists() else 0
         if start_step:
-            log_event(run_dir, "resumed", step=start_step)
+            extra = {} if restored is None else {"spool_restored_bytes": restored}
+            log_event(run_dir, "resumed", step=start_step, **extra)
         if spec.report is not None:
             reporter = ServiceReporter(spec.report, run_dir).start()
 
@@ -321,6 +332,10 @@ def train_loop(config: dict) -> None:
                     save_checkpoint(
                         ckpt_dir, trainer.model, trainer.optimizer, trainer.scheduler, step
                     )
+                    if spool is not None:  # before the report: a checkpoint has its spool
+                        spool_from = _copy_spool(
+                            spool, metric_log, reporter, ckpt_dir, step, spool_from
+                        )
                     ray.train.report(
                         {"step": step, "loss": result.loss},
                         checkpoint=ray.train.Checkpoint.from_directory(str(ckpt_dir)),
@@ -353,6 +368,8 @@ def _maybe_inject_fault(fault: dict | None, step: int, rank: int) -> None:
     # health-check poll; a kill right after a report would race it, which real
     # failures do not do on purpose.  Wait out two polls so the test is deterministic.
     time.sleep(2.5 * float(os.environ.get("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "2.0")))
+    for path in fault.get("wipe", ()):  # rank 0's node "lost" with this worker
+        Path(path).unlink(missing_ok=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -361,3 +378,49 @@ def log_event(run_dir: Path, event: str, **fields) -> None:
     record = {"event": event, "time": time.time(), **fields}
     with (run_dir / "events.jsonl").open("a") as stream:
         stream.write(json.dumps(record) + "\n")
+
+
+def _object_spool(storage: dict | None) -> ObjectSpool | None:
+    """Rank 0's handle on the spool's copy in the run storage (None: local storage)."""
+    if not storage:
+        return None
+    from engine.storage import RunStorageConfig, filesystem
+
+    config = RunStorageConfig(
+        bucket=storage["bucket"],
+        prefix=storage["prefix"],
+        endpoint_url=storage.get("endpoint_url"),
+        region=storage.get("region"),
+    )
+    return ObjectSpool(filesystem(config), storage["job_path"])
+
+
+def _copy_spool(
+    spool: ObjectSpool,
+    metric_log: MetricLog,
+    reporter: ServiceReporter | None,
+    ckpt_dir: Path,
+    step: int,
+    spool_from: int,
+) -> int:
+    """Upload the spool's bytes since the last checkpoint as the segment of `step`, and
+    record in the checkpoint how much of the spool the service had acknowledged."""
+    size = metric_log.path.stat().st_size if metric_log.path.exists() else 0
+    with metric_log.path.open("rb") as stream:
+        stream.seek(spool_from)
+        data = stream.read(size - spool_from)
+    spool.save_segment(step, data)
+    write_spool_state(ckpt_dir, reporter.acked_offset() if reporter is not None else 0)
+    return size
+
+
+def _restore_spool(spool: ObjectSpool, metric_log: MetricLog, step: int, acked: int | None) -> int:
+    """Rebuild the local spool up to `step` from the object store; the reporter resumes
+    from the offset the checkpoint recorded (re-sending is harmless, skipping is not)."""
+    data = spool.restore(step)
+    tmp = metric_log.path.with_suffix(".restore")
+    tmp.write_bytes(data)
+    tmp.replace(metric_log.path)
+    offset_path = metric_log.path.parent / OFFSET_FILE
+    offset_path.write_text(str(min(acked or 0, len(data))))
+    return len(data)

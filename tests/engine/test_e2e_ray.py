@@ -2,7 +2,10 @@
 
 One Ray instance serves the whole module; every job is a tiny MoE GPT of a few
 steps on a slice of the stdlib corpus.  The runs are module fixtures so that each
-is trained once and looked at by several tests.
+is trained once and looked at by several tests.  An S3-compatible server (moto) on
+loopback serves as the cluster's object store: the Ray node gets its credentials in
+its own environment, as an operator's nodes would, and the DP=2 kill-and-resume run
+keeps its checkpoints and spool there.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ from pathlib import Path
 
 import pytest
 from alto_client import metrics as M
+from alto_client.runstorage import ENDPOINT_ENV, REGION_ENV, STORAGE_ENV
 from alto_client.spec import JobSpec
 from fake_service import FakeService
+from moto_s3 import REGION, SECRET_KEY, moto_s3, node_credentials
 
 from engine.launch import FAULT_ENV, RunResult, ensure_ray, launch
 from engine.reporting import MetricLog
@@ -54,13 +59,28 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory):
+def s3(tmp_path_factory: pytest.TempPathFactory):
+    with moto_s3(log_path=tmp_path_factory.mktemp("moto") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(s3, tmp_path_factory: pytest.TempPathFactory):
+    """A local Ray whose node environment holds the object store's credentials (Ray's
+    processes inherit this one's at start); no job ever carries them."""
     import ray
 
+    saved = {name: os.environ.get(name) for name in node_credentials()}
+    os.environ.update(node_credentials())
     os.environ["ALTO_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
     ensure_ray(num_cpus=4)
     yield
     ray.shutdown()
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
 
 
 def train(spec: JobSpec, run_dir: Path) -> RunResult:
@@ -129,20 +149,59 @@ def test_same_spec_and_seed_give_the_same_losses(
     assert set(service.auth) == {"Bearer t0k"}
 
 
-def test_killed_worker_resumes_from_checkpoint_with_same_losses(
-    dp2: RunResult, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+def test_killed_worker_resumes_from_object_store_checkpoint_with_same_losses(
+    dp2: RunResult,
+    s3,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Rank 1 is SIGKILLed after step 4; Ray restarts the group from the step-3 checkpoint."""
-    monkeypatch.setenv(FAULT_ENV, "4:1")
+    """Checkpoints and the spool's copy on s3:// (moto on loopback). Rank 1 is SIGKILLed
+    after step 4 and rank 0's local spool is deleted with it, as if both workers' node
+    were lost; Ray restarts the group from the step-3 checkpoint, downloaded from the
+    bucket, and rank 0 rebuilds its spool from the bucket. Losses equal the uninterrupted
+    run's, and the (fake) service got every point."""
+    monkeypatch.setenv(FAULT_ENV, "4:1:wipe")
+    monkeypatch.setenv(STORAGE_ENV, f"s3://{s3.bucket}/e2e")
+    monkeypatch.setenv(ENDPOINT_ENV, s3.endpoint_url)
+    monkeypatch.setenv(REGION_ENV, REGION)
     run_dir = tmp_path_factory.mktemp("fault")
-    spec = JobSpec.from_dict({**TINY, "training": {**TINY["training"], "checkpoint_interval": 3}})
-    result = train(spec, run_dir)
+    service = FakeService(job_id="job-s3")
+    try:
+        spec = JobSpec.from_dict(
+            {
+                **TINY,
+                "training": {**TINY["training"], "checkpoint_interval": 3},
+                "report": {"url": service.url, "job_id": "job-s3", "token": "t0k"},
+            }
+        )
+        result = train(spec, run_dir)
+    finally:
+        service.close()
     assert (run_dir / ".fault_injected").read_text().startswith("killed rank 1 after step 4")
     events = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events] == [("resumed", 3)]
+    assert events[0]["spool_restored_bytes"] > 0, "the spool was not rebuilt from the bucket"
     steps = [s for s, _ in series(result, M.TRAIN_LOSS)]
     assert steps == list(range(1, STEPS + 1)), "gap or duplicate step after the restart"
     assert losses(result) == pytest.approx(losses(dp2), rel=1e-6, abs=1e-6)
+    val, val_straight = series(result, M.VAL_LOSS), series(dp2, M.VAL_LOSS)
+    assert [s for s, _ in val] == [s for s, _ in val_straight] == [3, 6]
+    assert [v for _, v in val] == pytest.approx([v for _, v in val_straight], rel=1e-6)
+    logged = {(p.step, p.name): p.value for p in MetricLog(run_dir).read()}
+    assert service.points == logged  # every point reached the service, none lost
+    # the checkpoints live in the bucket, under the operator's prefix and the job id
+    assert not (run_dir / "ray").exists()
+    keys = s3.keys("e2e/job-s3/")
+    step_files = [k for k in keys if k.endswith("/alto_step.json")]
+    saved = sorted(
+        json.loads(s3.client().get_object(Bucket=s3.bucket, Key=k)["Body"].read())["step"]
+        for k in step_files
+    )
+    assert saved == [3, 6], keys  # num_to_keep=2
+    assert all(k.startswith("e2e/job-s3/train/checkpoint_") for k in step_files), step_files
+    spool = [k for k in keys if "/spool/" in k]
+    assert spool == [f"e2e/job-s3/spool/metrics-{s:010d}.jsonl" for s in (3, 6)], spool
+    assert all(SECRET_KEY not in json.dumps(e) for e in events)
 
 
 def test_expert_parallel_2_with_adamw(
