@@ -552,13 +552,28 @@ def compared_points(
         )
     if peaks:
         points += rollups.peaks(s, seqs, peaks)
+    # every job's edge points and middle values in one statement: on PostgreSQL each
+    # statement is a round trip, and a busy machine makes round trips slow
+    parts: list[tuple[str, dict[str, Any]]] = []
     for seq in seqs:
         for name in first:
-            points += _edge_point(s, seq, name, first=True)
+            parts.append(_edge_sql(seq, name, first=True, i=len(parts)))
         for name in last:
-            points += _edge_point(s, seq, name, first=False)
-        for name in medians:
-            points += _middle_points(s, seq, name)
+            parts.append(_edge_sql(seq, name, first=False, i=len(parts)))
+    for name in medians:
+        if name != MEDIAN_METRIC:
+            for seq in seqs:
+                points += _middle_points(s, seq, name)
+            continue
+        counts = rollups.finite_counts(s, seqs, name)
+        for seq in seqs:
+            n = counts.get(seq, 0)
+            if n:
+                parts.append(_median_sql(seq, n, i=len(parts)))
+    if parts:
+        sql = " UNION ALL ".join(f"SELECT * FROM ({q}) AS p{i}" for i, (q, _) in enumerate(parts))
+        params = {k: v for _, p in parts for k, v in p.items()}
+        points += s.execute(text(sql), params)
     if coarse:  # last, so a stable sort puts an exact first or last point before a bucket's
         points += _coarse_points(s, seqs, coarse, max_points)
     return points
@@ -582,6 +597,37 @@ def _coarse_points(
                 for b in rollups.rolled_series(s, seq, info, max_points)
             ]
     return out
+
+
+_COLUMNS = "job_seq, name, step, value, time"
+
+
+def _edge_sql(seq: int, name: str, *, first: bool, i: int) -> tuple[str, dict[str, Any]]:
+    """`_edge_point` as SQL for a UNION ALL (parameters suffixed by `i`)."""
+    order = "ASC" if first else "DESC"
+    sql = (
+        f"SELECT {_COLUMNS} FROM metric_points WHERE job_seq = :s{i} AND name = :n{i} "
+        f"ORDER BY step {order} LIMIT 1"
+    )
+    return sql, {f"s{i}": seq, f"n{i}": name}
+
+
+def _median_sql(seq: int, n: int, *, i: int) -> tuple[str, dict[str, Any]]:
+    """`_middle_points` of `MEDIAN_METRIC` (with `n` finite values) for a UNION ALL."""
+    offset, limit = (n - 1) // 2, 2 - n % 2
+    sql = (
+        f"SELECT {_COLUMNS} FROM metric_points WHERE job_seq = :s{i} "
+        f"AND name = '{MEDIAN_METRIC}' AND value BETWEEN :lo{i} AND :hi{i} "
+        f"ORDER BY value LIMIT :l{i} OFFSET :o{i}"
+    )
+    params = {
+        f"s{i}": seq,
+        f"lo{i}": -sys.float_info.max,
+        f"hi{i}": sys.float_info.max,
+        f"l{i}": limit,
+        f"o{i}": offset,
+    }
+    return sql, params
 
 
 def _edge_point(s: Session, seq: int, name: str, *, first: bool) -> list[Any]:

@@ -283,6 +283,15 @@ def peaks(s: Session, seqs: list[int], names: Sequence[str]) -> list[Any]:
     return list(s.execute(q, {"seqs": list(seqs), "names": list(names)}))
 
 
+def finite_counts(s: Session, seqs: Sequence[int], name: str) -> dict[int, int]:
+    """Per job of `seqs`: how many finite values it has of `name` (coarsest rollups)."""
+    q = text(
+        "SELECT job_seq, COALESCE(SUM(vn), 0) FROM metric_rollups "
+        f"WHERE level = {COARSEST} AND name = :name AND job_seq IN :seqs GROUP BY job_seq"
+    ).bindparams(bindparam("seqs", expanding=True))
+    return {int(seq): int(n) for seq, n in s.execute(q, {"seqs": list(seqs), "name": name})}
+
+
 def finite_count(s: Session, seq: int, name: str) -> int:
     """How many finite values job `seq` has of `name` (from the coarsest rollups)."""
     q = text(
