@@ -86,13 +86,22 @@ def _outside_roots(name: str, roots: list[str]) -> str | None:
 
 
 def data_path_problems(spec: JobSpec, roots: list[str], loc: list[str | int]) -> list[FieldError]:
-    """Paths of the spec's data section that lie outside the owner's data roots."""
+    """Paths of the spec's data section that lie outside the owner's data roots.
+
+    A glob or directory entry is checked as written: its matches lie below its fixed
+    part, and the engine checks each match again with symlinks resolved."""
     d = spec.data
     named: list[tuple[list[str | int], str]] = []
     if d.source == "indexed" and d.path is not None:
         named.append(([*loc, "data", "path"], d.path))
     if d.source == "files":
         named.extend(([*loc, "data", "files", i], f) for i, f in enumerate(d.files))
+    if d.source == "blend":
+        for i, c in enumerate(d.blend):
+            where = [*loc, "data", "blend", i]
+            named.extend(([*where, "files", j], f) for j, f in enumerate(c.files))
+            if c.path is not None:
+                named.append(([*where, "path"], c.path))
     if not named:
         return []
     if not roots:

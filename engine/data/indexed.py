@@ -50,6 +50,40 @@ def token_dtype(vocab_size: int) -> type[np.number]:
     return np.uint16 if vocab_size <= 65535 else np.int32
 
 
+class IndexWriter:
+    """Writes one-sequence-per-document indexed datasets in megatron's layout (the bytes
+    megatron's IndexedDatasetBuilder writes; a test holds them equal) without importing
+    megatron or torch: a preparation task then starts in about a second, not ten."""
+
+    def __init__(self, prefix: Path, dtype: type[np.number]) -> None:
+        self.prefix = Path(prefix)
+        self.dtype = np.dtype(dtype)
+        self._code = next(c for c, t in _DTYPES.items() if np.dtype(t) == self.dtype)
+        self._bin = open(f"{prefix}.bin", "wb")  # noqa: SIM115 - closed by finalize
+        self.lengths: list[int] = []
+
+    def add(self, tokens: np.ndarray) -> None:
+        self._bin.write(np.ascontiguousarray(tokens, dtype=self.dtype).tobytes())
+        self.lengths.append(len(tokens))
+
+    def finalize(self) -> None:
+        self._bin.close()
+        n = len(self.lengths)
+        lengths = np.asarray(self.lengths, dtype=np.int32)
+        pointers = np.zeros(n, dtype=np.int64)
+        if n:
+            np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
+        with open(f"{self.prefix}.idx", "wb") as idx:
+            idx.write(INDEX_HEADER)
+            idx.write(struct.pack("<Q", INDEX_VERSION))
+            idx.write(struct.pack("<B", self._code))
+            idx.write(struct.pack("<Q", n))
+            idx.write(struct.pack("<Q", n + 1))
+            idx.write(lengths.tobytes())
+            idx.write(pointers.tobytes())
+            idx.write(np.arange(n + 1, dtype=np.int64).tobytes())
+
+
 def write_indexed(prefix: Path, documents: list[np.ndarray], vocab_size: int) -> None:
     """Write one sequence per document with megatron's own IndexedDatasetBuilder.
 

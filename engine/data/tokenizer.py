@@ -1,8 +1,9 @@
 """Tokenizers: byte-level, a locally trained byte-level BPE (cached), or external ids.
 
-No downloads: the BPE is trained with the ``tokenizers`` library on the job's own
-training split and stored next to the tokenized data, keyed by the corpus hash
-and vocabulary size, so a second run (or a second worker) reuses it.
+No downloads: the BPE is trained with the ``tokenizers`` library on a bounded,
+deterministic sample of the job's own training split and cached keyed by that
+sample's hash and the vocabulary size, so a second run (or a second worker)
+reuses it.
 """
 
 from __future__ import annotations
@@ -45,16 +46,24 @@ class ByteTokenizer:
 class BpeTokenizer:
     """A byte-level BPE from the ``tokenizers`` library, loaded from its JSON file."""
 
-    def __init__(self, path: Path, vocab_size: int) -> None:
+    def __init__(self, path: Path | None, vocab_size: int, *, text: str | None = None) -> None:
         from tokenizers import Tokenizer as HfTokenizer
 
-        self._tok = HfTokenizer.from_file(str(path))
+        if text is not None:
+            self._tok = HfTokenizer.from_str(text)
+        else:
+            self._tok = HfTokenizer.from_file(str(path))
         eod = self._tok.token_to_id(EOD_TOKEN)
         if eod is None:
             raise ValueError(f"{path} has no {EOD_TOKEN} token; delete it to retrain")
         self.eod = eod
         self.vocab_size = vocab_size
         self.path = path
+
+    @classmethod
+    def from_json(cls, text: str, vocab_size: int) -> BpeTokenizer:
+        """The tokenizer from its JSON text (what a Ray task on another node receives)."""
+        return cls(None, vocab_size, text=text)
 
     def encode(self, data: bytes) -> np.ndarray:
         text = data.decode("utf-8", errors="replace")
@@ -64,7 +73,7 @@ class BpeTokenizer:
         return self._tok.decode(list(ids))
 
 
-def train_bpe(docs: list[Document], vocab_size: int, path: Path) -> None:
+def train_bpe(docs: Iterable[Document | bytes], vocab_size: int, path: Path) -> None:
     """Train a byte-level BPE with ``vocab_size`` ids (EOD included) and save it to ``path``."""
     from tokenizers import Tokenizer as HfTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
@@ -78,7 +87,10 @@ def train_bpe(docs: list[Document], vocab_size: int, path: Path) -> None:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator((d.data.decode("utf-8", errors="replace") for d in docs), trainer)
+    texts = (
+        (d.data if isinstance(d, Document) else d).decode("utf-8", errors="replace") for d in docs
+    )
+    tok.train_from_iterator(texts, trainer)
     tmp = path.with_suffix(".tmp")
     tok.save(str(tmp))
     tmp.replace(path)

@@ -35,6 +35,28 @@ class Datasets:
     valid: torch.utils.data.Dataset | None
 
 
+def dataset_blend(prepared: PreparedData) -> dict:
+    """GPTDatasetConfig's blend arguments: one held-out split per dataset
+    (``blend_per_split``, corpora we prepared) or megatron's ``split`` of each
+    (indexed datasets), with the blend's weights (megatron normalizes them)."""
+    if prepared.blend:
+        train = [c["train_prefix"] for c in prepared.blend]
+        weights = [float(c["weight"]) for c in prepared.blend]
+        if all(c["valid_prefix"] for c in prepared.blend):
+            valid = [c["valid_prefix"] for c in prepared.blend]
+            return {"blend_per_split": [(train, weights), (valid, weights), None]}
+        return {"blend": (train, weights), "split": prepared.split}
+    if prepared.valid_prefix is not None:
+        return {
+            "blend_per_split": [
+                ([prepared.train_prefix], None),
+                ([prepared.valid_prefix], None),
+                None,
+            ]
+        }
+    return {"blend": ([prepared.train_prefix], None), "split": prepared.split}
+
+
 def build_datasets(spec: JobSpec, prepared: PreparedData) -> Datasets:
     """Build train/validation GPTDatasets with megatron's BlendedMegatronDatasetBuilder.
 
@@ -58,19 +80,7 @@ def build_datasets(spec: JobSpec, prepared: PreparedData) -> Datasets:
         path_to_cache=prepared.index_cache_dir,
         mmap_bin_files=True,
     )
-    if prepared.valid_prefix is not None:
-        config = GPTDatasetConfig(
-            blend_per_split=[
-                ([prepared.train_prefix], None),
-                ([prepared.valid_prefix], None),
-                None,
-            ],
-            **common,
-        )
-    else:
-        config = GPTDatasetConfig(
-            blend=([prepared.train_prefix], None), split=prepared.split, **common
-        )
+    config = GPTDatasetConfig(**dataset_blend(prepared), **common)
     sizes = [t.steps * t.global_batch_size, num_valid, 0]
     train, valid, _ = BlendedMegatronDatasetBuilder(GPTDataset, sizes, lambda: True, config).build()
     return Datasets(train=train, valid=valid)

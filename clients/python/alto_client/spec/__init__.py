@@ -33,6 +33,7 @@ from alto_client.spec.optimizers import (
 from alto_client.spec.overrides import apply_overrides, parse_override, parse_overrides
 from alto_client.spec.problems import SpecError, SpecProblem, problems_from_validation_error
 from alto_client.spec.sections import (
+    BlendComponent,
     DataSpec,
     ModelSpec,
     ParallelSpec,
@@ -50,6 +51,7 @@ __all__ = [
     "SHARDED_E_HYPERPARAMETERS",
     "AdamWSpec",
     "AltoSpec",
+    "BlendComponent",
     "DataSpec",
     "ESpec",
     "JobSpec",

@@ -212,10 +212,28 @@ def cross_field_problems(spec: JobSpec) -> list[InitErrorDetails]:
     return out
 
 
+CORPUS_SUFFIXES = (".txt", ".jsonl", ".json")
+
+
+def _file_entry_problem(entry: str) -> str | None:
+    """Why a `files` entry is not a .txt/.jsonl file, a glob of them or a directory/."""
+    if entry.endswith("/") or entry.endswith(CORPUS_SUFFIXES):
+        return None
+    return (
+        f"{entry!r}: only .txt and .jsonl files, globs of them (/data/corpus/*.jsonl) "
+        "or directories written with a trailing '/' are supported"
+    )
+
+
 def data_problems(d: DataSpec) -> list[InitErrorDetails]:
     """The data section's own cross-field rules (source, paths, tokenizer)."""
     out: list[InitErrorDetails] = []
     tok = d.tokenizer
+    blend_paths = [c for c in d.blend if c.path is not None and not c.files]
+    blend_files = [c for c in d.blend if c.files and c.path is None]
+    pretokenized = d.source == "indexed" or (d.source == "blend" and bool(blend_paths))
+    if d.source != "blend" and d.blend:
+        out.append(problem(("data", "blend"), "blend is only for source 'blend'", len(d.blend)))
     if d.source == "indexed":
         if tok.kind == "bpe":
             out.append(
@@ -241,26 +259,93 @@ def data_problems(d: DataSpec) -> list[InitErrorDetails]:
             out.append(
                 problem(
                     ("data", "files"),
-                    "source 'files' needs at least one .txt or .jsonl file",
+                    "source 'files' needs at least one .txt or .jsonl file, glob or directory/",
                     d.files,
                 )
             )
         for i, f in enumerate(d.files):
-            if not f.endswith((".txt", ".jsonl", ".json")):
-                out.append(
-                    problem(
-                        ("data", "files", i),
-                        f"{f!r}: only .txt and .jsonl files are supported",
-                        f,
-                    )
-                )
+            why = _file_entry_problem(f)
+            if why:
+                out.append(problem(("data", "files", i), why, f))
         if d.path:
             out.append(problem(("data", "path"), "path is only for source 'indexed'", d.path))
+    elif d.source == "blend":
+        if not d.blend:
+            out.append(
+                problem(
+                    ("data", "blend"),
+                    "source 'blend' needs at least one component: {files: [...], weight: W} "
+                    "or {path: PREFIX, weight: W}",
+                    d.blend,
+                )
+            )
+        for i, c in enumerate(d.blend):
+            if bool(c.files) == (c.path is not None):
+                out.append(
+                    problem(
+                        ("data", "blend", i),
+                        "a blend component names either files (a corpus to tokenize) or "
+                        "path (an indexed dataset prefix), exactly one of them",
+                        {"files": c.files, "path": c.path},
+                    )
+                )
+            for j, f in enumerate(c.files):
+                why = _file_entry_problem(f)
+                if why:
+                    out.append(problem(("data", "blend", i, "files", j), why, f))
+            if c.path is not None and not c.path.strip():
+                out.append(problem(("data", "blend", i, "path"), "path must not be empty", c.path))
+        if blend_paths and blend_files:
+            out.append(
+                problem(
+                    ("data", "blend"),
+                    "a blend is either all corpora (files) or all indexed datasets (path): "
+                    "a corpus gets its held-out split by document, an indexed dataset by "
+                    "data.validation_fraction of its documents, and megatron cannot mix the two",
+                    len(d.blend),
+                )
+            )
+        if blend_paths and tok.kind == "bpe":
+            out.append(
+                problem(
+                    ("data", "tokenizer", "kind"),
+                    "a blend of indexed datasets is pre-tokenized: use tokenizer 'external' "
+                    "(with its vocab_size) or 'byte', not 'bpe'",
+                    tok.kind,
+                )
+            )
+        for name, value in (("path", d.path), ("files", d.files)):
+            if value:
+                out.append(
+                    problem(
+                        ("data", name),
+                        f"source 'blend' names its data in data.blend, not data.{name}",
+                        value,
+                    )
+                )
     else:
         if d.path:
             out.append(problem(("data", "path"), "path is only for source 'indexed'", d.path))
         if d.files:
             out.append(problem(("data", "files"), "files is only for source 'files'", d.files))
+    if tok.sample_bytes is not None and tok.kind != "bpe":
+        out.append(
+            problem(
+                ("data", "tokenizer", "sample_bytes"),
+                f"sample_bytes sizes the BPE's training sample; tokenizer {tok.kind!r} "
+                "trains nothing, leave it out",
+                tok.sample_bytes,
+            )
+        )
+    if d.prep_workers is not None and pretokenized:
+        out.append(
+            problem(
+                ("data", "prep_workers"),
+                "prep_workers sizes the tokenization of corpora; pre-tokenized indexed "
+                "data needs none, leave it out",
+                d.prep_workers,
+            )
+        )
 
     if tok.kind == "byte" and tok.vocab_size not in (None, BYTE_VOCAB_SIZE):
         out.append(
@@ -281,11 +366,12 @@ def data_problems(d: DataSpec) -> list[InitErrorDetails]:
             )
         )
     if tok.kind == "external":
-        if d.source != "indexed":
+        if not pretokenized:
             out.append(
                 problem(
                     ("data", "tokenizer", "kind"),
-                    "tokenizer 'external' is only for source 'indexed' (pre-tokenized data)",
+                    "tokenizer 'external' is only for source 'indexed' or a blend of "
+                    "indexed datasets (pre-tokenized data)",
                     tok.kind,
                 )
             )

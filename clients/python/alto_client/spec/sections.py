@@ -27,6 +27,22 @@ class TokenizerSpec(StrictModel):
     eod_id: int | None = Field(
         default=None, ge=0, description="end-of-document id (external only; default vocab_size-1)"
     )
+    sample_bytes: int | None = Field(
+        default=None,
+        ge=1000,
+        le=1 << 40,
+        description="bpe only: train the BPE on a deterministic sample of this many bytes "
+        "of the training split, spread over the whole corpus (default 256 MB)",
+    )
+
+
+class BlendComponent(StrictModel):
+    """One corpus of a blend: text/JSONL ``files`` (as in ``data.files``) or the
+    ``path`` prefix of an indexed dataset, drawn from with relative ``weight``."""
+
+    files: list[str] = Field(default_factory=list)
+    path: str | None = None
+    weight: float = Field(gt=0.0, allow_inf_nan=False)
 
 
 class DataSpec(StrictModel):
@@ -37,12 +53,24 @@ class DataSpec(StrictModel):
     ``indexed``: the path prefix of an existing Megatron indexed dataset
     (``PREFIX.bin`` + ``PREFIX.idx``).
     ``files``: text (``.txt``, one document per file) or JSONL (one document
-    per line, text under ``jsonl_key``) files, split by file.
+    per line, text under ``jsonl_key``) files; an entry may be a glob
+    (``/data/corpora/web/*.jsonl``, ``**`` included) or a directory written with a
+    trailing ``/`` (every .txt/.jsonl file below it).  Split by document name.
+    ``blend``: several corpora (``files``) or indexed datasets (``path``), each
+    with a weight; megatron draws training and validation samples in those
+    proportions.
     """
 
-    source: Literal["python-stdlib", "indexed", "files"] = "python-stdlib"
+    source: Literal["python-stdlib", "indexed", "files", "blend"] = "python-stdlib"
     path: str | None = None
     files: list[str] = Field(default_factory=list)
+    blend: list[BlendComponent] = Field(default_factory=list)
+    prep_workers: int | None = Field(
+        default=None,
+        ge=1,
+        le=4096,
+        description="parallel preparation tasks (one CPU each); default: the cluster's CPUs",
+    )
     jsonl_key: str = Field(default="text", min_length=1)
     validation_fraction: float = Field(default=0.05, gt=0.0, lt=1.0)
     max_bytes: int | None = Field(
