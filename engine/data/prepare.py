@@ -202,6 +202,10 @@ class PrepStats:
     mode: str = "cached"  # cached | in-process | ray
     wall_s: float = 0.0
     bpe_s: float = 0.0
+    tasks_s: float = 0.0
+    """Wall time of the shard tasks (reading, hashing, tokenizing, writing parts)."""
+    merge_s: float = 0.0
+    """Wall time of merging the parts (one process: copying the parts' tokens)."""
     train_tokens: int = 0
     valid_tokens: int = 0
     cache_keys: list[str] | None = None
@@ -538,13 +542,12 @@ def _merge(parts: list[dict], root: Path, ref: TokenizerRef, field: str) -> dict
             count = 0
             for i, p in enumerate(parts):
                 prefix = str(_part_dir(root, p["key"]) / split)
-                if drop is not None and drop[0] == i and split in ("train", "valid"):
+                if drop is not None and drop[0] == i and split == "train":
                     ds = IndexedDataset(prefix, mmap=True)
-                    if split == "train":
-                        for j in range(len(ds)):
-                            if j != drop[1]:
-                                builder.add_document(ds[j], [len(ds[j])])
-                                count += len(ds[j])
+                    for j in range(len(ds)):
+                        if j != drop[1]:
+                            builder.add_document(ds[j], [len(ds[j])])
+                            count += len(ds[j])
                     continue
                 if p["docs"][split]:
                     _add_index(builder, prefix)
@@ -682,7 +685,10 @@ def prepare_corpora(
             ShardTask(flat[i], req.jsonl_key, req.validation_fraction, str(root), str(marker))
             for i in todo
         ]
-        for i, result in zip(todo, _run_tasks(tasks, ref, bool(use_ray), stats.workers, progress)):
+        t_tasks = time.perf_counter()
+        results = _run_tasks(tasks, ref, bool(use_ray), stats.workers, progress)
+        stats.tasks_s = time.perf_counter() - t_tasks
+        for i, result in zip(todo, results, strict=True):
             if "files" in result:
                 _install_part(root, result)
             _memo_put(root, flat[i].stat_key(), result["digest"])
@@ -692,11 +698,13 @@ def prepare_corpora(
             parts[i] = result
     finally:
         marker.unlink(missing_ok=True)
+    t_merge = time.perf_counter()
     infos, at = [], 0
     for c, shards in enumerate(plans):
         field = "data" if len(plans) == 1 else f"data.blend.{c}"
         infos.append(_merge(parts[at : at + len(shards)], root, ref, field))  # type: ignore[arg-type]
         at += len(shards)
+    stats.merge_s = time.perf_counter() - t_merge
     metas = [str(Path(i["train_prefix"]).parent / "corpus.json") for i in infos]
     _memo_put(root, "corpus-" + lookup, json.dumps(metas))
     stats.train_tokens = sum(i["train_tokens"] for i in infos)

@@ -438,3 +438,19 @@ def test_the_task_writer_writes_megatrons_bytes(tmp_path, vocab) -> None:
         writer.add(d)
     writer.finalize()
     assert same_files(str(tmp_path / "megatron"), str(tmp_path / "ours"))
+
+
+def test_a_corpus_with_no_document_held_out_holds_out_the_nearest(cache_dir, tmp_path) -> None:
+    """As load_corpus does: when the hash puts no document into validation, the one
+    closest to it is moved there (here from the middle of the second shard)."""
+    data = make_corpus(tmp_path / "c", 2, 30_000, 0)
+    spec = files_spec([str(data / "*.jsonl")], validation_fraction=1e-9)
+    prepared = prepare_data(spec, shard_bytes=10_000, use_ray=False)
+    (tmp_path / "ref").mkdir()
+    train, valid = _reference(spec, ByteTokenizer(), tmp_path / "ref")
+    assert same_files(prepared.train_prefix, train) and same_files(prepared.valid_prefix, valid)
+    assert check_indexed(prepared.valid_prefix).num_sequences == 1
+    tiny = tmp_path / "one.jsonl"
+    tiny.write_text('{"text": "only one"}\n')
+    with pytest.raises(DataError, match="at least 2 are needed"):
+        prepare_data(files_spec([str(tiny)]), use_ray=False)
