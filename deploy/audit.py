@@ -87,9 +87,16 @@ def parse_bound(text: str) -> Version | None:
     return version
 
 
+#: OSV's `introduced: "0"` means "from the first release on", which must include
+#: pre-releases of 0 such as 0.0.0.dev3 (flask-cors lists them): the lowest PEP 440 version
+_BEFORE_ALL = Version("0.dev0")
+
+
 def _event_version(event: Mapping[str, str]) -> tuple[str, Version] | None:
     for kind in _EVENT_ORDER:
         if kind in event:
+            if kind == "introduced" and str(event[kind]) == "0":
+                return kind, _BEFORE_ALL
             version = parse_bound(str(event[kind]))
             return (kind, version) if version is not None else None
     return None  # "limit" (GIT ranges only) or unknown
