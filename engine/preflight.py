@@ -141,9 +141,12 @@ def preflight_with_stats(
         )  # fmt: skip
     warning = repeat_warning(spec, prepared)
     if warning:
-        log.warning(warning)
-        # the job's own output: the Ray job log the service shows (GET /v1/jobs/{id}/logs)
-        print(f"warning: {warning}", file=sys.stderr, flush=True)
+        # the job's own output: the Ray job log the service shows (GET /v1/jobs/{id}/logs),
+        # and the terminal of `python -m engine.run`; through logging when it is set up
+        if logging.getLogger().handlers:
+            log.warning(warning)
+        else:
+            print(f"warning: {warning}", file=sys.stderr, flush=True)
     return prepared, stats
 
 

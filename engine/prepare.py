@@ -130,11 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         f"({stats.shards_tokenized} shard(s), the rest found in the cache by content)"
     )
     print(
-        f"wall           {stats.wall_s:,.1f} s"
-        + (f" (BPE trained in {stats.bpe_s:,.1f} s)" if stats.bpe_s else "")
+        f"wall           {stats.wall_s:,.1f} s: tasks {stats.tasks_s:,.1f} s, merge "
+        f"{stats.merge_s:,.1f} s"
+        + (f", BPE training {stats.bpe_s:,.1f} s" if stats.bpe_s else "")
+        + (f", Ray start {stats.ray_start_s:,.1f} s" if stats.ray_start_s else "")
     )
     if stats.bytes_read:
-        print(f"throughput     {stats.mb_s:,.1f} MB/s ({per_core:,.1f} MB/s per core)")
+        cores = max(stats.workers, 1)
+        print(
+            f"throughput     {stats.mb_s:,.1f} MB/s ({per_core:,.1f} MB/s per core; the "
+            f"tasks alone {stats.tasks_mb_s / cores:,.1f} MB/s per core)"
+        )
     print(f"train tokens   {stats.train_tokens:,}")
     print(f"valid tokens   {stats.valid_tokens:,}")
     print(f"vocabulary     {prepared.vocab_size} (eod {prepared.eod})")

@@ -202,6 +202,8 @@ class PrepStats:
     mode: str = "cached"  # cached | in-process | ray
     wall_s: float = 0.0
     bpe_s: float = 0.0
+    ray_start_s: float = 0.0
+    """Time spent connecting to or starting Ray (not counted in ``mb_s``)."""
     tasks_s: float = 0.0
     """Wall time of the shard tasks (reading, hashing, tokenizing, writing parts)."""
     merge_s: float = 0.0
@@ -214,7 +216,13 @@ class PrepStats:
     def mb_s(self) -> float:
         """Bytes the tasks read (and tokenized, unless cached) per second of the whole
         preparation (planning, BPE training and merge included)."""
-        return self.bytes_read / 1e6 / self.wall_s if self.wall_s > 0 else 0.0
+        wall = self.wall_s - self.ray_start_s
+        return self.bytes_read / 1e6 / wall if wall > 0 else 0.0
+
+    @property
+    def tasks_mb_s(self) -> float:
+        """Bytes per second of the shard tasks alone (no planning, BPE or merge)."""
+        return self.bytes_read / 1e6 / self.tasks_s if self.tasks_s > 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -669,9 +677,11 @@ def prepare_corpora(
                 todo
                 and not ray_driver()
                 and start_ray is not None
-                and (os.environ.get("RAY_ADDRESS") or stats.bytes_tokenized >= LOCAL_RAY_MIN_BYTES)
+                and (os.environ.get("RAY_ADDRESS") or stats.bytes_read >= ray_min_bytes)
             ):
+                t_ray = time.perf_counter()
                 start_ray()
+                stats.ray_start_s = time.perf_counter() - t_ray
             use_ray = ray_driver() and len(todo) > 1
         if use_ray and todo:
             import ray

@@ -158,6 +158,27 @@ def test_small_corpus_parallel_equals_in_memory_reference(
     assert same_files(a.train_prefix, train) and same_files(a.valid_prefix, valid)
 
 
+def test_a_ray_driver_prepares_with_ray_tasks_by_itself(ray_two_cpus, tmp_path, monkeypatch):
+    """No option given: a Ray driver (a launch after ray.init, the CLI) uses tasks, at
+    most ``workers`` at a time; a process without Ray calls ``start_ray`` first when
+    there is enough to tokenize, and stays in-process when there is not."""
+    data = make_corpus(tmp_path / "c", 2, 200_000, 0)
+    spec = files_spec([str(data / "*.jsonl")])
+    monkeypatch.setenv("ALTO_CACHE_DIR", str(tmp_path / "a"))
+    prepared, stats = prepare_data_with_stats(spec, shard_bytes=100_000, workers=1)
+    assert stats.mode == "ray" and stats.workers == 1 and stats.shards_tokenized > 2
+    monkeypatch.setattr(prep, "ray_driver", lambda: False)
+    calls = []
+    for minimum, expected in ((10**9, []), (1, ["start"])):
+        monkeypatch.setenv("ALTO_CACHE_DIR", str(tmp_path / f"b{minimum}"))
+        again, stats = prepare_data_with_stats(
+            spec, shard_bytes=100_000, start_ray=lambda: calls.append("start"),
+            ray_min_bytes=minimum,
+        )  # fmt: skip
+        assert calls == expected and stats.mode == "in-process"
+        assert same_files(again.train_prefix, prepared.train_prefix)
+
+
 # ---------------------------------------------------------------- the cache
 
 
@@ -364,7 +385,9 @@ def test_a_blend_of_indexed_datasets_splits_each(cache_dir, tmp_path) -> None:
 # ---------------------------------------------------------------- repeat warning
 
 
-def test_preflight_warns_when_the_budget_repeats_the_data(cache_dir, tmp_path, capsys) -> None:
+def test_preflight_warns_when_the_budget_repeats_the_data(
+    cache_dir, tmp_path, capsys, caplog
+) -> None:
     data = make_corpus(tmp_path / "c", 1, 100_000, 0)
     spec = files_spec([str(data / "*.jsonl")]).with_overrides(
         {"training.steps": 400, "training.global_batch_size": 8, "model.seq_length": 128}
@@ -372,13 +395,14 @@ def test_preflight_warns_when_the_budget_repeats_the_data(cache_dir, tmp_path, c
     prepared = preflight(spec, start_ray=False)
     epochs = 400 * 8 * 128 / prepared.num_train_tokens
     assert epochs > REPEAT_WARN_EPOCHS
-    err = capsys.readouterr().err
+    err = capsys.readouterr().err + caplog.text  # stderr, or logging when it is set up
     assert f"repeats the training data {epochs:,.1f} times" in err
     assert f"from {prepared.num_train_tokens:,} prepared training tokens" in err
     few = spec.with_overrides({"training.steps": 10})
     assert repeat_warning(few, prepared) is None
+    caplog.clear()
     preflight(few, start_ray=False)
-    assert "repeats" not in capsys.readouterr().err
+    assert "repeats" not in capsys.readouterr().err + caplog.text
 
 
 def test_repeat_warning_weighs_blend_components() -> None:
