@@ -155,3 +155,39 @@ def test_study_plot_has_an_etag_and_follows_its_jobs(svc) -> None:
     svc.tick()  # the study launches its trials: new jobs, a new version
     moved = svc.client.get(url, headers={**svc.alice, "If-None-Match": etag})
     assert moved.status_code == 200 and moved.headers["etag"] != etag
+
+
+def test_summary_medians_match_statistics_median_with_ties_and_non_finite(svc) -> None:
+    """The summary's throughput median (an index-only walk, then one point per middle
+    value: service.repo._median_sql) equals statistics.median of the finite values."""
+    import statistics
+
+    from alto_client.metrics import TRAIN_TOKENS_PER_S
+
+    from service.db.tables import JobRow
+    from service.repo import compared_points, insert_points
+
+    comp = _comparison(svc)
+    cases = {
+        "odd": [5.0, 1.0, 3.0, 2.0, 4.0],
+        "even, distinct middles": [4.0, 1.0, 3.0, 2.0],
+        "even, tied middles": [2.0, 1.0, 2.0, 9.0, 2.0, 2.0],
+        "with non-finite": [float("nan"), 3.0, float("inf"), 1.0, float("-inf"), 2.0],
+    }
+    job_ids = [j for arm in comp["arms"] for j in arm["job_ids"]]
+    assert len(job_ids) == len(cases)
+    factory = svc.app.state.svc.factory
+    with factory() as s:
+        seqs = {s.query(JobRow.seq).filter(JobRow.id == j).scalar(): j for j in job_ids}
+        for seq, values in zip(seqs, cases.values()):  # stored as the ingest endpoint does
+            points = [(i + 1, TRAIN_TOKENS_PER_S, v, 100.0 + i) for i, v in enumerate(values)]
+            insert_points(s, seq, points)
+        s.commit()
+        points = compared_points(
+            s, list(seqs), curves=(), first=(), last=(), medians=(TRAIN_TOKENS_PER_S,), peaks=()
+        )
+    for seq, job_id in seqs.items():
+        values = cases[list(cases)[job_ids.index(job_id)]]
+        finite = [v for v in values if np.isfinite(v)]
+        got = sorted({(p[2], p[3]) for p in points if p[0] == seq})  # (step, value), as _runs
+        assert statistics.median(v for _, v in got) == statistics.median(finite), job_id
