@@ -13,6 +13,7 @@ node sees (ALTO_CACHE_DIR) for workers on other nodes to find the result.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -583,6 +584,12 @@ def _merge(parts: list[dict], root: Path, ref: TokenizerRef, field: str) -> dict
         return info
 
 
+def _import_builder() -> None:
+    # the merge imports it again and reports any error
+    with contextlib.suppress(Exception):
+        import megatron.core.datasets.indexed_dataset  # noqa: F401
+
+
 def _add_index(builder, prefix: str) -> None:
     """megatron's ``IndexedDatasetBuilder.add_index`` (same bytes) without its
     ``gc.collect()`` per call, which costs a third of a second once torch is imported:
@@ -696,6 +703,8 @@ def prepare_corpora(
             for i in todo
         ]
         t_tasks = time.perf_counter()
+        if use_ray:  # the merge needs megatron (and torch): import them while tasks run
+            threading.Thread(target=_import_builder, name="alto-import-megatron").start()
         results = _run_tasks(tasks, ref, bool(use_ray), stats.workers, progress)
         stats.tasks_s = time.perf_counter() - t_tasks
         for i, result in zip(todo, results, strict=True):
