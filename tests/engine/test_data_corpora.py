@@ -478,3 +478,22 @@ def test_a_corpus_with_no_document_held_out_holds_out_the_nearest(cache_dir, tmp
     tiny.write_text('{"text": "only one"}\n')
     with pytest.raises(DataError, match="at least 2 are needed"):
         prepare_data(files_spec([str(tiny)]), use_ray=False)
+
+
+def test_a_task_that_cannot_see_the_cache_sends_its_part_back(cache_dir, tmp_path) -> None:
+    """A task on a node without the driver's cache (no shared ALTO_CACHE_DIR) returns
+    the part's files; the driver installs them and the corpus is the same."""
+    data = make_corpus(tmp_path / "c", 1, 50_000, 0)
+    spec = files_spec([str(data / "*.jsonl")])
+    prepared = prepare_data(spec, use_ray=False)
+    (shard,) = plan_shards(prep.corpus_request(spec).components[0], 1 << 20)
+    task = prep.ShardTask(shard, "text", 0.05, str(cache_dir / "datasets"), "/nonexistent/marker")
+    result = prep.run_shard(task, prep.TokenizerRef("byte", 257))
+    assert set(result["files"]) == {"train.bin", "train.idx", "valid.bin", "valid.idx", "part.json"}
+    elsewhere = tmp_path / "other-cache" / "datasets"
+    prep._install_part(elsewhere, result)
+    part = prep._part_dir(elsewhere, result["key"])
+    original = prep._part_dir(cache_dir / "datasets", result["key"])
+    for name in ("train", "valid"):
+        assert same_files(str(part / name), str(original / name))
+    assert check_indexed(str(part / "train")).num_tokens <= prepared.num_train_tokens
