@@ -186,6 +186,8 @@ def indexed_prefix(path: str) -> str:
 LOCAL_RAY_MIN_BYTES = 64 << 20
 """Below this many bytes to tokenize, starting a local Ray costs more than it saves."""
 DEFAULT_BPE_SAMPLE_BYTES = 128 << 20
+ENCODE_BATCH_BYTES = 4 << 20
+"""Documents are tokenized in batches of about this many bytes (one ``tokenizers`` call)."""
 
 
 @dataclass
@@ -292,11 +294,13 @@ def _write_part(task: ShardTask, tok: Tokenizer, datas: list[bytes], out: Path) 
     tokens = {s: 0 for s in SPLITS}
     lowest: tuple[float, int] | None = None  # (unit, index in train) of the first doc to hold out
     eod = tok.eod
-    for piece, data in zip(task.shard.pieces, datas, strict=True):
-        for name, doc in iter_documents(piece, data, task.jsonl_key):
-            u = unit(name, "valid")
-            split = "valid" if u < task.validation_fraction else "train"
-            ids = tok.encode(doc)
+    batch: list[bytes] = []
+    where: list[tuple[float, str]] = []  # (unit, split) of each document in the batch
+    batch_bytes = 0
+
+    def flush() -> None:
+        nonlocal lowest, batch_bytes
+        for (u, split), ids in zip(where, tok.encode_batch(batch), strict=True):
             arr = np.empty(len(ids) + 1, dtype=dtype)
             arr[:-1] = ids
             arr[-1] = eod
@@ -305,6 +309,19 @@ def _write_part(task: ShardTask, tok: Tokenizer, datas: list[bytes], out: Path) 
                 lowest = (u, docs["train"])
             docs[split] += 1
             tokens[split] += len(arr)
+        batch.clear()
+        where.clear()
+        batch_bytes = 0
+
+    for piece, data in zip(task.shard.pieces, datas, strict=True):
+        for name, doc in iter_documents(piece, data, task.jsonl_key):
+            u = unit(name, "valid")
+            batch.append(doc)
+            where.append((u, "valid" if u < task.validation_fraction else "train"))
+            batch_bytes += len(doc)
+            if batch_bytes >= ENCODE_BATCH_BYTES:
+                flush()
+    flush()
     for s in SPLITS:
         builders[s].finalize()
         if not docs[s]:
@@ -313,6 +330,23 @@ def _write_part(task: ShardTask, tok: Tokenizer, datas: list[bytes], out: Path) 
     info = {"docs": docs, "tokens": tokens, "lowest": lowest, "dtype": np.dtype(dtype).name}
     (out / "part.json").write_text(json.dumps(info))
     return info
+
+
+@contextmanager
+def _one_core():
+    """Keep ``tokenizers`` on the calling thread (a task is granted one CPU): its
+    ``encode_batch`` otherwise runs on a rayon pool of one thread per core of the node.
+    ``TOKENIZERS_PARALLELISM`` is read at each call (``RAYON_NUM_THREADS`` only when the
+    pool is first built, and it still leaves a pool thread beside the caller)."""
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
 
 
 def run_shard(task: ShardTask, ref: TokenizerRef) -> dict:
@@ -335,11 +369,13 @@ def run_shard(task: ShardTask, ref: TokenizerRef) -> dict:
                     return {**result, **json.loads(meta.read_text()), "cached": True}
                 tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
                 shutil.rmtree(tmp, ignore_errors=True)
-                info = _write_part(task, ref.build(), datas, tmp)
+                with _one_core():
+                    info = _write_part(task, ref.build(), datas, tmp)
                 os.replace(tmp, final)
             return {**result, **info, "cached": False, "s": time.perf_counter() - start}
         with tempfile.TemporaryDirectory(prefix="alto-part-") as tmp:
-            info = _write_part(task, ref.build(), datas, Path(tmp))
+            with _one_core():
+                info = _write_part(task, ref.build(), datas, Path(tmp))
             files = {p.name: p.read_bytes() for p in Path(tmp).iterdir()}
         return {**result, **info, "cached": False, "files": files,
                 "s": time.perf_counter() - start}  # fmt: skip

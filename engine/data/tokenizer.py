@@ -27,6 +27,10 @@ class Tokenizer(Protocol):
 
     def encode(self, data: bytes) -> np.ndarray: ...
 
+    def encode_batch(self, datas: list[bytes]) -> list[np.ndarray]:
+        """``[encode(d) for d in datas]``, in fewer calls."""
+        ...
+
     def decode(self, ids: Iterable[int]) -> str: ...
 
 
@@ -38,6 +42,9 @@ class ByteTokenizer:
 
     def encode(self, data: bytes) -> np.ndarray:
         return np.frombuffer(data, dtype=np.uint8).astype(np.int32)
+
+    def encode_batch(self, datas: list[bytes]) -> list[np.ndarray]:
+        return [self.encode(d) for d in datas]
 
     def decode(self, ids: Iterable[int]) -> str:
         return bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
@@ -68,6 +75,15 @@ class BpeTokenizer:
     def encode(self, data: bytes) -> np.ndarray:
         text = data.decode("utf-8", errors="replace")
         return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def encode_batch(self, datas: list[bytes]) -> list[np.ndarray]:
+        """The ids of each document, one ``tokenizers`` call for them all (the same ids
+        :meth:`encode` gives one by one).  The Rust side spreads a batch over its own
+        thread pool unless ``TOKENIZERS_PARALLELISM=false`` (read at each call): a
+        shard task sets that, so one task stays on its one core."""
+        texts = [d.decode("utf-8", errors="replace") for d in datas]
+        encodings = self._tok.encode_batch(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
 
     def decode(self, ids: Iterable[int]) -> str:
         return self._tok.decode(list(ids))

@@ -140,6 +140,8 @@ def test_small_corpus_parallel_equals_in_memory_reference(
     data = make_corpus(tmp_path / "corpus", 3, 400_000, 12)
     tok = {"kind": kind} if kind == "byte" else {"kind": "bpe", "vocab_size": 400}
     spec = files_spec([str(data) + "/"], tokenizer=tok, validation_fraction=0.1)
+    # this process encodes each 150 KB shard in several batches, the Ray tasks in one
+    monkeypatch.setattr(prep, "ENCODE_BATCH_BYTES", 30_000)
     results = []
     for mode, use_ray in (("one", False), ("ray", True)):
         monkeypatch.setenv("ALTO_CACHE_DIR", str(tmp_path / f"cache-{mode}"))
