@@ -271,6 +271,81 @@ def rolled_series(
     return [grouped[k] for k in sorted(grouped)]
 
 
+_ROLLUP_COLUMNS = text(
+    "SELECT vn, vsum, vmin, vmax, last_step, last_time "
+    "FROM metric_rollups WHERE job_seq = :seq AND name = :name AND level = :level "
+    "AND bucket >= :b ORDER BY bucket"
+)
+
+
+@dataclass
+class Columns:
+    """A series as the history answers it: one list per field, in step order."""
+
+    steps: list[int]
+    values: list[float | None]
+    times: list[float]
+    mins: list[float | None]
+    maxs: list[float | None]
+
+
+def _finite_mean(vsum: float, vn: int) -> float | None:
+    if not vn:
+        return None
+    mean = vsum / vn
+    return mean if math.isfinite(mean) else None
+
+
+def rolled_columns(
+    s: Session, seq: int, info: SeriesInfo, max_points: int, since_step: int | None = None
+) -> Columns:
+    """`rolled_series` as columns: each bucket's last step and time, the mean of its
+    finite values (None if it has none or the mean is not finite) and its minimum and
+    maximum. A series that needs no partial bucket and no merging (the usual case) is
+    read as plain rows, without a `Bucket` per row."""
+    level = level_for(info.first, info.last, max_points)
+    partial = (
+        level is not None
+        and since_step is not None
+        and ((info.first >> level) << level) <= since_step
+    )
+    if level is None or partial:
+        buckets = rolled_series(s, seq, info, max_points, since_step)
+        return Columns(
+            steps=[b.last_step for b in buckets],
+            values=[_finite_mean(b.vsum, b.vn) for b in buckets],
+            times=[b.last_time for b in buckets],
+            mins=[b.vmin for b in buckets],
+            maxs=[b.vmax for b in buckets],
+        )
+    rows = s.execute(
+        _ROLLUP_COLUMNS,
+        {"seq": seq, "name": info.name, "level": level, "b": info.first >> level},
+    ).all()
+    if not rows:
+        return Columns([], [], [], [], [])
+    vn, vsum, vmin, vmax, last_step, last_time = zip(*rows, strict=True)
+    return Columns(
+        steps=list(last_step),
+        values=list(map(_finite_mean, vsum, vn)),
+        times=list(last_time),
+        mins=list(vmin),
+        maxs=list(vmax),
+    )
+
+
+def raw_columns(s: Session, seq: int, info: SeriesInfo) -> tuple[list[int], list[Any], list[Any]]:
+    """(steps, values, times) of `info`'s points, all of them: its steps lie in
+    [first, last], the ones after the history's `since_step`."""
+    rows = s.execute(
+        _RAW_RANGE, {"seq": seq, "name": info.name, "lo": info.first, "hi": info.last + 1}
+    ).all()
+    if not rows:
+        return [], [], []
+    steps, values, times = zip(*rows, strict=True)
+    return list(steps), list(values), list(times)
+
+
 def peaks(s: Session, seqs: list[int], names: Sequence[str]) -> list[Any]:
     """(job_seq, name, step, value, time) per job and name: the largest finite value,
     with the largest step and time of the buckets that have one (as the raw GROUP BY

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 API_THREADS = 40  # AnyIO's default limit on threads running sync endpoints
 DEFAULT_POOL_SIZE = API_THREADS + 8  # plus the scheduler, SSE snapshots and some slack
+SQLITE_MMAP_BYTES = 1 << 30  # address space, not memory: the pages are the OS's cache
 
 
 def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
@@ -38,6 +39,10 @@ def make_engine(url: str, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
+            # read the database file through a memory map (shared by every connection in
+            # the OS page cache) instead of a read() call per page not in the connection's
+            # 2 MB cache: a history's scattered rollup rows cost half as much
+            cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
             cur.close()
 
         return engine

@@ -52,12 +52,11 @@ from service.repo import (
     job_field,
     jobs_page,
     latest_metrics,
-    metric_points,
     read_job,
     request_cancel,
     to_wire,
 )
-from service.rollups import ROLLUP_LEVELS, rolled_series, series_info
+from service.rollups import ROLLUP_LEVELS, raw_columns, rolled_columns, series_info
 from service.submit import (
     check_fits,
     check_idempotency_key,
@@ -280,11 +279,8 @@ def job_metrics(
     series = []
     for info in series_info(s, row.seq, since_step, wanted):
         if info.n <= max(limit, min(limit << ROLLUP_LEVELS[0], RAW_DOWNSAMPLE_MAX)):
-            steps, values, times = [], [], []
-            for _name, step, value, t in metric_points(s, row.seq, [info.name], since_step):
-                steps.append(step)
-                values.append(finite_or_none(value))
-                times.append(t)
+            steps, raw_values, times = raw_columns(s, row.seq, info)
+            values = list(map(finite_or_none, raw_values))
             downsampled = info.n > limit
             if downsampled:  # the rollups' finest buckets would leave too few points
                 keep = keep_indices(values, limit)
@@ -302,17 +298,17 @@ def job_metrics(
                 )
             )
             continue
-        buckets = rolled_series(s, row.seq, info, limit, since_step)
+        cols = rolled_columns(s, row.seq, info, limit, since_step)
         series.append(
             MetricSeries(
                 name=info.name,
-                steps=[b.last_step for b in buckets],
-                values=[finite_or_none(b.mean) for b in buckets],
-                times=[b.last_time for b in buckets],
+                steps=cols.steps,
+                values=cols.values,
+                times=cols.times,
                 total_points=info.n,
                 downsampled=True,
-                mins=[b.vmin for b in buckets],
-                maxs=[b.vmax for b in buckets],
+                mins=cols.mins,
+                maxs=cols.maxs,
             )
         )
     return MetricHistory(

@@ -19,7 +19,15 @@ from service import repo
 from service.db.migrate import upgrade
 from service.db.session import make_engine, make_session_factory
 from service.db.tables import ROLLUP_LEVELS, JobRow, MetricRollupRow, MetricRow
-from service.rollups import Bucket, fold, level_for
+from service.rollups import (
+    Bucket,
+    fold,
+    level_for,
+    raw_columns,
+    rolled_columns,
+    rolled_series,
+    series_info,
+)
 
 
 def _new_job(factory) -> int:
@@ -166,6 +174,41 @@ def test_migration_0004_backfills_existing_points(tmp_path):
         levels = s.scalars(select(MetricRollupRow.level).distinct()).all()
         assert sorted(levels) == list(ROLLUP_LEVELS)
     engine.dispose()
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(
+    batch=st.lists(point, min_size=1, max_size=80),
+    since=st.one_of(st.none(), st.integers(-1, 2**20)),
+    max_points=st.integers(2, 300),
+)
+def test_history_columns_equal_the_buckets_they_replace(factory, batch, since, max_points):
+    # the history reads rollup rows as columns (no Bucket a row) and raw points by step
+    # range: the same values, in the same order, as rolled_series and metric_points
+    seq = _new_job(factory)
+    with factory() as s:
+        repo.insert_points(s, seq, [(step, name, v, float(step)) for step, name, v in batch])
+        s.commit()
+    with factory() as s:
+        for info in series_info(s, seq, since):
+            buckets = rolled_series(s, seq, info, max_points, since)
+            cols = rolled_columns(s, seq, info, max_points, since)
+            assert cols.steps == [b.last_step for b in buckets]
+            assert cols.times == [b.last_time for b in buckets]
+            assert cols.mins == [b.vmin for b in buckets]
+            assert cols.maxs == [b.vmax for b in buckets]
+            want = [repo.finite_or_none(b.mean) for b in buckets]
+            assert len(cols.values) == len(want)
+            assert all(_same_value(a, b) for a, b in zip(cols.values, want, strict=True))
+            raw = [tuple(r[1:]) for r in repo.metric_points(s, seq, [info.name], since)]
+            steps, vals, times = raw_columns(s, seq, info)
+            assert steps == [r[0] for r in raw] and times == [r[2] for r in raw]
+            assert all(_same_value(a, r[1]) for a, r in zip(vals, raw, strict=True))
+            assert len(vals) == len(raw) == info.n
 
 
 def test_level_rule():
