@@ -20,6 +20,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    PrimaryKeyConstraint,
     String,
     Text,
     TypeDecorator,
@@ -207,7 +208,15 @@ class MetricRow(Base):
     time: Mapped[float] = mapped_column(Float, nullable=False)
 
     __table_args__ = (
-        UniqueConstraint("job_seq", "name", "step", name="uq_metric_job_name_step"),
+        # PostgreSQL: the key carries value and time, so reading a series is an
+        # index-only scan (its rows are scattered over the table by interleaved ingest)
+        UniqueConstraint(
+            "job_seq",
+            "name",
+            "step",
+            name="uq_metric_job_name_step",
+            postgresql_include=["value", "time"],
+        ),
         Index("ix_metric_job_id", "job_seq", "id"),
         # a comparison's median throughput walks this to its middle instead of sorting
         # the whole series (a partial index: only the one metric pays for it at ingest)
@@ -238,12 +247,11 @@ class MetricRollupRow(Base):
 
     # key order (job, level, name, bucket): a level's metric names and a metric's
     # buckets are both one range of the primary key
-    job_seq: Mapped[int] = mapped_column(
-        ForeignKey("jobs.seq", ondelete="CASCADE"), primary_key=True
-    )
-    level: Mapped[int] = mapped_column(Integer, primary_key=True)
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    bucket: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    # (the primary key: __table_args__ below)
+    job_seq: Mapped[int] = mapped_column(ForeignKey("jobs.seq", ondelete="CASCADE"))
+    level: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    bucket: Mapped[int] = mapped_column(BigInteger)
     n: Mapped[int] = mapped_column(BigInteger, nullable=False)
     vn: Mapped[int] = mapped_column(BigInteger, nullable=False)
     vsum: Mapped[float] = mapped_column(Float, nullable=False)
@@ -252,3 +260,24 @@ class MetricRollupRow(Base):
     last_step: Mapped[int] = mapped_column(BigInteger, nullable=False)
     last_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     last_time: Mapped[float] = mapped_column(Float, nullable=False)
+
+    # PostgreSQL: the primary key carries every other column, so a history's read of a
+    # series' buckets is an index-only scan over contiguous leaf pages (migration 0005)
+    __table_args__ = (
+        PrimaryKeyConstraint(
+            "job_seq",
+            "level",
+            "name",
+            "bucket",
+            postgresql_include=[
+                "n",
+                "vn",
+                "vsum",
+                "vmin",
+                "vmax",
+                "last_step",
+                "last_value",
+                "last_time",
+            ],
+        ),
+    )
