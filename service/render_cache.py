@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.orm import Session
+from starlette.responses import Response
 
 from service.rollups import COARSEST
 
@@ -108,3 +109,12 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
         if tag == "*" or tag.removeprefix("W/") == etag:
             return True
     return False
+
+
+def png_answer(etag: str, png: bytes | None) -> Response:
+    """A cached plot's answer: the PNG, or a 304 when the caller already holds `etag`
+    (`png` is None); either way with the ETag and no-cache (revalidate every time)."""
+    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+    if png is None:
+        return Response(status_code=304, headers=headers)
+    return Response(png, media_type="image/png", headers=headers)

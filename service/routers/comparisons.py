@@ -47,7 +47,7 @@ from service.deps import (
 )
 from service.errors import ApiError, field_errors
 from service.plot import render_comparison
-from service.render_cache import cache_of, data_version, etag_matches
+from service.render_cache import cache_of, data_version, etag_matches, png_answer
 from service.repo import (
     CURVE_POINTS,
     TERMINAL,
@@ -350,7 +350,4 @@ async def comparison_plot(
             return etag, cache.get_or_compute(("plot.png", row.id, version), render)
 
     etag, png = await run_in_threadpool(draw)
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-    if png is None:
-        return Response(status_code=304, headers=headers)
-    return Response(png, media_type="image/png", headers=headers)
+    return png_answer(etag, png)

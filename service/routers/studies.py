@@ -31,7 +31,7 @@ from service.deps import (
     listed_owner,
 )
 from service.errors import ApiError, field_errors
-from service.render_cache import cache_of, data_version, etag_matches
+from service.render_cache import cache_of, data_version, etag_matches, png_answer
 from service.repo import TERMINAL, delete_jobs, studies_page, study_by_id, study_by_key, study_jobs
 from service.state import ServiceState
 from service.study_analysis import summarize_study
@@ -350,7 +350,4 @@ async def study_plot(
             return etag, cache.get_or_compute(("study.png", row.id, version), render)
 
     etag, png = await run_in_threadpool(draw)
-    headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-    if png is None:
-        return Response(status_code=304, headers=headers)
-    return Response(png, media_type="image/png", headers=headers)
+    return png_answer(etag, png)
