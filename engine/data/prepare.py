@@ -215,6 +215,15 @@ class PrepStats:
     valid_tokens: int = 0
     cache_keys: list[str] | None = None
 
+    def finish(self, corpora: list[dict], t0: float) -> PrepStats:
+        """Fill in the prepared corpora's token counts and keys and the wall time since
+        ``t0``; returns self."""
+        self.train_tokens = sum(c["train_tokens"] for c in corpora)
+        self.valid_tokens = sum(c["valid_tokens"] for c in corpora)
+        self.cache_keys = [c["key"] for c in corpora]
+        self.wall_s = time.perf_counter() - t0
+        return self
+
     @property
     def mb_s(self) -> float:
         """Bytes the tasks read (and tokenized, unless cached) per second of the whole
@@ -278,6 +287,23 @@ def content_digest(shard: Shard, datas: list[bytes]) -> str:
 def part_key(digest: str, tokenizer_ident: str, jsonl_key: str, fraction: float) -> str:
     text = f"v{FORMAT_VERSION}:{tokenizer_ident}:{jsonl_key!r}:{fraction!r}:{digest}"
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _publish(final: Path, meta: str, build: Callable[[Path], None]) -> tuple[dict, bool]:
+    """The JSON ``final/meta`` and whether this call built it: when it is missing,
+    ``build`` fills a temporary sibling directory (``meta`` included) under a file lock,
+    which is then renamed into place, so a reader sees all of it or nothing and a
+    crash leaves no half entry that a later run would take for a cached one."""
+    path = final / meta
+    with _locked(final.with_suffix(".lock")):
+        if path.is_file():
+            return json.loads(path.read_text()), False
+        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        build(tmp)
+        os.replace(tmp, final)
+        return json.loads(path.read_text()), True
 
 
 def _part_dir(cache_root: Path, key: str) -> Path:
@@ -362,16 +388,14 @@ def run_shard(task: ShardTask, ref: TokenizerRef) -> dict:
         result = {"key": key, "digest": digest, "bytes": sum(map(len, datas))}
         root = Path(task.cache_root)
         if os.path.exists(task.marker):
-            final = _part_dir(root, key)
-            with _locked(final.with_suffix(".lock")):
-                meta = final / "part.json"
-                if meta.is_file():
-                    return {**result, **json.loads(meta.read_text()), "cached": True}
-                tmp = final.with_name(f"{key}.tmp-{os.getpid()}")
-                shutil.rmtree(tmp, ignore_errors=True)
+
+            def tokenize(tmp: Path) -> None:
                 with _one_core():
-                    info = _write_part(task, ref.build(), datas, tmp)
-                os.replace(tmp, final)
+                    _write_part(task, ref.build(), datas, tmp)
+
+            info, built = _publish(_part_dir(root, key), "part.json", tokenize)
+            if not built:
+                return {**result, **info, "cached": True}
             return {**result, **info, "cached": False, "s": time.perf_counter() - start}
         with tempfile.TemporaryDirectory(prefix="alto-part-") as tmp:
             with _one_core():
@@ -385,16 +409,13 @@ def run_shard(task: ShardTask, ref: TokenizerRef) -> dict:
 
 def _install_part(root: Path, result: dict) -> None:
     """A part sent back by a task that could not see the cache: write it here."""
-    final = _part_dir(root, result["key"])
-    with _locked(final.with_suffix(".lock")):
-        if (final / "part.json").is_file():
-            return
-        tmp = final.with_name(f"{result['key']}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, data in result.pop("files").items():
+    files = result.pop("files")
+
+    def write(tmp: Path) -> None:
+        for name, data in files.items():
             (tmp / name).write_bytes(data)
-        os.replace(tmp, final)
+
+    _publish(_part_dir(root, result["key"]), "part.json", write)
 
 
 def ray_driver() -> bool:
@@ -573,13 +594,8 @@ def _merge(parts: list[dict], root: Path, ref: TokenizerRef, field: str) -> dict
     keys = [p["key"] for p in parts]
     key = hashlib.sha256(f"v{FORMAT_VERSION}:{ref.ident}:{','.join(keys)}".encode()).hexdigest()
     final = root / "corpora" / key[:24]
-    meta = final / "corpus.json"
-    with _locked(final.with_suffix(".lock")):
-        if meta.is_file():
-            return json.loads(meta.read_text())
-        tmp = final.with_name(f"{final.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+
+    def build(tmp: Path) -> None:
         dtype = token_dtype(ref.vocab_size)
         tokens = {}
         for split in SPLITS:
@@ -616,8 +632,8 @@ def _merge(parts: list[dict], root: Path, ref: TokenizerRef, field: str) -> dict
             "eod": ref.build().eod,
         }
         (tmp / "corpus.json").write_text(json.dumps(info))
-        os.replace(tmp, final)
-        return info
+
+    return _publish(final, "corpus.json", build)[0]
 
 
 def _import_builder() -> None:
@@ -689,11 +705,7 @@ def prepare_corpora(
     if known:
         infos = [json.loads(Path(p).read_text()) for p in json.loads(known) if Path(p).is_file()]
         if len(infos) == len(plans):
-            stats.train_tokens = sum(i["train_tokens"] for i in infos)
-            stats.valid_tokens = sum(i["valid_tokens"] for i in infos)
-            stats.cache_keys = [i["key"] for i in infos]
-            stats.wall_s = time.perf_counter() - t0
-            return infos, stats
+            return infos, stats.finish(infos, t0)
     bpe_t = time.perf_counter()
     ref = _tokenizer_for(req, [s for shards in plans for s in shards], root)
     stats.bpe_s = time.perf_counter() - bpe_t if ref.kind == "bpe" else 0.0
@@ -762,11 +774,7 @@ def prepare_corpora(
     stats.merge_s = time.perf_counter() - t_merge
     metas = [str(Path(i["train_prefix"]).parent / "corpus.json") for i in infos]
     _memo_put(root, "corpus-" + lookup, json.dumps(metas))
-    stats.train_tokens = sum(i["train_tokens"] for i in infos)
-    stats.valid_tokens = sum(i["valid_tokens"] for i in infos)
-    stats.cache_keys = [i["key"] for i in infos]
-    stats.wall_s = time.perf_counter() - t0
-    return infos, stats
+    return infos, stats.finish(infos, t0)
 
 
 def _prepare_corpus(spec: JobSpec, **options) -> tuple[PreparedData, PrepStats]:
