@@ -75,6 +75,12 @@ def ensure_ray(num_cpus: float | None = None) -> bool:
     return True
 
 
+def ensure_ray_for(spec: JobSpec) -> bool:
+    """`ensure_ray` with room for the spec's workers (and at least this machine's CPUs)."""
+    r = spec.resources
+    return ensure_ray(max(float(os.cpu_count() or 1), r.workers * r.cpus_per_worker + 1))
+
+
 def fault_from_env(run_dir: Path) -> dict | None:
     value = os.environ.get(FAULT_ENV)
     if not value:
@@ -146,7 +152,7 @@ def launch(
 
     r = spec.resources
     if start_ray:
-        ensure_ray(max(float(os.cpu_count() or 1), r.workers * r.cpus_per_worker + 1))
+        ensure_ray_for(spec)
     gpu = r.device == "gpu"
     trainer = TorchTrainer(
         train_loop,

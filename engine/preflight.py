@@ -79,8 +79,6 @@ def check_spec_on_machine(spec: JobSpec) -> list[SpecProblem]:
 
 
 def _cluster_has_gpus() -> bool:
-    import os
-
     return bool(os.environ.get("RAY_ADDRESS"))
 
 
@@ -115,10 +113,9 @@ def _start_ray_like_launch(spec: JobSpec):
     so that corpus preparation runs as Ray tasks (launch() then finds it running)."""
 
     def start() -> None:
-        from engine.launch import ensure_ray
+        from engine.launch import ensure_ray_for
 
-        r = spec.resources
-        ensure_ray(max(float(os.cpu_count() or 1), r.workers * r.cpus_per_worker + 1))
+        ensure_ray_for(spec)
 
     return start
 

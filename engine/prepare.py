@@ -11,7 +11,6 @@ Exit codes: 0 prepared, 2 invalid spec or data.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 
@@ -66,19 +65,9 @@ def _spec(args: argparse.Namespace) -> JobSpec:
 
 def _start_ray(workers: int | None):
     def start() -> None:
-        import ray
+        from engine.launch import ensure_ray
 
-        if ray.is_initialized():
-            return
-        if os.environ.get("RAY_ADDRESS"):
-            ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
-        else:
-            ray.init(
-                address="local",
-                num_cpus=workers or os.cpu_count() or 1,
-                include_dashboard=False,
-                log_to_driver=True,
-            )
+        ensure_ray(float(workers) if workers else None)
 
     return start
 
