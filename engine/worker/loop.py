@@ -54,6 +54,8 @@ def init_megatron(spec: JobSpec) -> None:
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel import random as tp_random
 
+    from alto.megatron import groups
+
     if spec.resources.device == "cpu":
         from alto.megatron import cpu_compat
 
@@ -62,9 +64,8 @@ def init_megatron(spec: JobSpec) -> None:
         import alto.megatron  # noqa: F401 - applies megatron's TE-less fixes
 
         torch.cuda.set_device(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
-    if parallel_state.model_parallel_is_initialized():
-        parallel_state.destroy_model_parallel()
-    parallel_state.initialize_model_parallel(
+    # tears down, whole, the groups of any earlier initialisation in this process
+    groups.initialize_model_parallel(
         tensor_model_parallel_size=spec.parallel.tensor,
         pipeline_model_parallel_size=spec.parallel.pipeline,
         expert_model_parallel_size=spec.parallel.expert,

@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import megatron_harness as H
 
+from alto.megatron import groups
+
 STEPS = 6
 SAVE_AT = 3
 SHARDING = {"distrib_optim_sharding_type": "dp_reshardable"}
@@ -253,8 +255,19 @@ def _steps(optimizer: Any) -> list[float]:
     )
 
 
+def native_resources() -> dict[str, int]:
+    """This rank's live process groups (the default one excepted) and OS threads."""
+    with open("/proc/self/status") as status:
+        threads = next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+    return {"groups": len(groups.live_groups()), "threads": threads}
+
+
 def phase_parity(ckpt: Path) -> dict[str, Any]:
-    results = {name: run_case(layout) for name, layout in PARITY_CASES.items()}
+    results: dict[str, Any] = {}
+    own = torch.distributed.new_group(list(range(torch.distributed.get_world_size())))
+    for name, layout in PARITY_CASES.items():
+        results[name] = run_case(layout)
+        results.setdefault("resources_after_first_layout", native_resources())
     results["alto_fp32_dp2_slice_local"] = run_case(H.Layout(), slice_local=True)
     results["alto_fp32_tp2_slice_local"] = run_case(H.Layout(tp=2), slice_local=True)
     results["adam_fp32_dp2_megatron_factory"] = run_case(
@@ -282,6 +295,11 @@ def phase_parity(ckpt: Path) -> dict[str, Any]:
             "losses": first + rest,
             "steps": _steps(optimizer),
         }
+    del model, optimizer
+    H.set_layout(CKPT_LAYOUT)  # releases the last case, as every layout change does
+    results["resources_after_last_layout"] = native_resources()
+    results["layouts_walked"] = H.layouts_set
+    results["own_group_survived"] = own in groups.live_groups()
     return results
 
 

@@ -349,3 +349,23 @@ def test_fully_sharded_model_space_is_refused_by_name(runs: dict) -> None:
         message = rank["fs_model_space_refused"]
         assert "distrib_optim_sharding_type='fully_sharded_model_space'" in message
         assert "allowed: 'dp_reshardable'" in message
+
+
+def test_walking_layouts_leaks_no_process_groups_or_threads(runs: dict) -> None:
+    """The parity launch re-initialises megatron for ~50 layouts in one process.
+
+    megatron's destroy_model_parallel forgets its groups without destroying them, and
+    dropped models stayed alive through cycles the collector cannot see (see
+    megatron_harness.release); each leaked layout kept ~57 gloo threads (2,400 per rank
+    by the end, each step 25x slower, and a launch that ran out of time in CI).
+    alto.megatron.groups and the harness's release keep both flat: one layout's worth
+    (77 threads per rank, measured) at the end as after the first.  A leaked layout is
+    57 threads, so the slack of 20 catches even one.
+    """
+    for rank in runs["parity"]:
+        first, last = rank["resources_after_first_layout"], rank["resources_after_last_layout"]
+        layouts = rank["layouts_walked"]
+        assert layouts > 40
+        assert last["groups"] == first["groups"], (first, last)
+        assert last["threads"] - first["threads"] < 20, (first, last, layouts)
+        assert rank["own_group_survived"]  # a group megatron did not create is left alone
