@@ -4,9 +4,11 @@
 its ``*_GLOO`` ones: every other group stays registered with torch.distributed and
 alive.  On a GPU that is a leaked NCCL communicator per group; on CPU, where every group
 is gloo, each keeps its worker and connection threads.  A process that re-initialises
-megatron for a new layout (the engine's worker on a retry, a test that walks layouts)
-piles them up: 40 layouts in one process left ~2,400 threads per rank and made a
-3-step MoE train 25x slower by the end.
+megatron for a new layout (a sweep or a test that walks layouts in one process; the
+engine's Ray workers initialise once, and a retry gets fresh processes) piles them up.
+With dropped models that kept theirs alive too (tests/megatron/megatron_harness.py,
+``release``), 45 layouts in one process left ~2,400 threads per rank and made a 3-step
+train 28x slower by the end.
 
 :func:`initialize_model_parallel` records which groups megatron's initialisation
 created; :func:`destroy_model_parallel` destroys exactly those (and megatron's own
@@ -26,7 +28,8 @@ _created: list[dist.ProcessGroup] = []
 
 
 def live_groups() -> list[dist.ProcessGroup]:
-    """Every group this rank belongs to, the default group excepted."""
+    """Every group this rank belongs to, the default group excepted (torch keeps no
+    public list of them: this reads its registry)."""
     return [
         group for group in distributed_c10d._world.pg_map if group is not dist.GroupMember.WORLD
     ]

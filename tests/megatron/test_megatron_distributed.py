@@ -357,7 +357,7 @@ def test_walking_layouts_leaks_no_process_groups_or_threads(runs: dict) -> None:
     megatron's destroy_model_parallel forgets its groups without destroying them, and
     dropped models stayed alive through cycles the collector cannot see (see
     megatron_harness.release); each leaked layout kept ~57 gloo threads (2,400 per rank
-    by the end, each step 25x slower, and a launch that ran out of time in CI).
+    by the end, each step 28x slower, and a launch that ran out of time in CI).
     alto.megatron.groups and the harness's release keep both flat: one layout's worth
     (77 threads per rank, measured) at the end as after the first.  A leaked layout is
     57 threads, so the slack of 20 catches even one.
